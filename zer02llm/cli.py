@@ -1,0 +1,38 @@
+"""Command-line conveniences shared by the entry points (no Hydra import here)."""
+
+from __future__ import annotations
+
+
+def hydra_quote(value: str) -> str:
+    """Quote a raw string for Hydra's override grammar, keeping it literal.
+
+    In a single-quoted Hydra value only a quote and the backslashes right before it (or before
+    the closing quote) are special, so exactly those are escaped.
+    """
+    out, backslashes = [], 0
+    for ch in value:
+        if ch == "\\":
+            backslashes += 1
+            continue
+        if ch == "'":
+            out.append("\\" * (2 * backslashes) + "\\'")
+        else:
+            out.append("\\" * backslashes + ch)
+        backslashes = 0
+    out.append("\\" * (2 * backslashes))
+    return "'" + "".join(out) + "'"
+
+
+def quote_text_overrides(argv: list[str], keys: tuple[str, ...]) -> list[str]:
+    """Quote `key=value` arguments whose value is free text (prompts, paths), unless already quoted.
+
+    Hydra's grammar rejects commas, brackets and non-ASCII characters in unquoted values, so
+    `prompt=星期三，天气很好` would fail; users should not have to know to write `'prompt="…"'`.
+    """
+    fixed = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in keys and value and value[0] not in "'\"":
+            arg = f"{key}={hydra_quote(value)}"
+        fixed.append(arg)
+    return fixed

@@ -1,0 +1,279 @@
+"""Typed configuration: one dataclass per config group, the checks that reject bad combinations.
+
+The YAML files in `conf/` only pick presets and set values; every key has its type and default here.
+Hydra is imported only inside `register_configs()`, which the entry points call, so the model,
+data and trainer code stay free of any config framework (they take these plain dataclasses).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+ATTENTION_IMPLS = ("sdpa", "math")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOGGERS = ("none", "wandb")
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only Transformer; defaults follow minimind (26M at dim 512, 8 layers)."""
+
+    name: str = "dense"
+    vocab_size: int = 6400
+    dim: int = 512
+    n_layers: int = 8
+    n_heads: int = 8
+    n_kv_heads: int = 2
+    # SwiGLU width; null means 64 * ceil(8 * dim / 3 / 64)
+    hidden_dim: Optional[int] = None
+    max_seq_len: int = 32768
+    rope_theta: float = 1e6
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    # "sdpa": torch's scaled_dot_product_attention (flash / memory-efficient kernels);
+    # "math": plain matmul-softmax-matmul, the reference the tests compare against
+    attention: str = "sdpa"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        return 64 * math.ceil(8 * self.dim / 3 / 64)
+
+
+@dataclass
+class ModeConfig:
+    """Training stage. Only pretraining exists so far; SFT adds its own fields in a subclass."""
+
+    name: str = "pretrain"
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    # "auto" picks CUDA when present; "cuda" insists on it (the GPU presets), "cpu" never uses it
+    device: str = "auto"
+    # "auto": bfloat16 on GPUs that support it, else float16; float32 on CPU
+    dtype: str = "auto"
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    # null: the small sample corpus shipped inside the package (zer02llm/sample_data/)
+    train_path: Optional[str] = None
+    # null: no validation, except with the sample corpus, which has its own validation file
+    val_path: Optional[str] = None
+    seq_len: int = 512
+    # where tokenized corpora are cached; null: $XDG_CACHE_HOME/zer02llm or ~/.cache/zer02llm
+    cache_dir: Optional[str] = None
+    # true: the first malformed line is an error instead of being skipped and counted
+    strict: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    # a directory with tokenizer.json (+ tokenizer_config.json); null: the shipped tokenizer/
+    path: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    batch_size: int = 16
+    grad_accum: int = 1
+    # optimizer steps; -1: as many as `epochs` passes over the training data take
+    max_steps: int = -1
+    epochs: float = 1.0
+    lr: float = 5e-4
+    # cosine decay ends at lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    # clip the global gradient norm to this; 0 disables clipping
+    grad_clip: float = 1.0
+    log_interval: int = 10
+    eval_interval: int = 200
+    # batches per evaluation; -1: the whole validation set
+    eval_batches: int = 50
+    save_interval: int = 500
+    keep_checkpoints: int = 3
+    # a checkpoint directory, or "auto" for the latest one in this run's directory
+    resume: Optional[str] = None
+
+
+@dataclass
+class WandbConfig:
+    project: str = "zer02llm"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # "none" or "wandb" (offline automatically when no API key is configured)
+    logger: str = "none"
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class GenerateConfig:
+    """`python -m zer02llm.generate`: sample from a trained checkpoint."""
+
+    # a checkpoint directory (…/checkpoints/step_000100 or …/checkpoints/last) or a run directory
+    checkpoint: Optional[str] = None
+    prompt: str = ""
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    seed: Optional[int] = None
+    device: str = "auto"
+    stream: bool = True
+    # null: the tokenizer the checkpoint was trained with
+    tokenizer_path: Optional[str] = None
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message lists every problem found, each naming key, value and fix."""
+
+
+def _require_positive(problems: list[str], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if value is None or value <= 0:
+            problems.append(f"{key}={value}: must be > 0")
+
+
+def model_problems(model: ModelConfig) -> list[str]:
+    """What is wrong with a model configuration (empty when it is valid)."""
+    problems: list[str] = []
+    _require_positive(
+        problems,
+        {
+            "model.vocab_size": model.vocab_size,
+            "model.dim": model.dim,
+            "model.n_layers": model.n_layers,
+            "model.n_heads": model.n_heads,
+            "model.n_kv_heads": model.n_kv_heads,
+            "model.max_seq_len": model.max_seq_len,
+            "model.rope_theta": model.rope_theta,
+            "model.norm_eps": model.norm_eps,
+        },
+    )
+    if model.hidden_dim is not None and model.hidden_dim <= 0:
+        problems.append(f"model.hidden_dim={model.hidden_dim}: must be > 0, or null for the SwiGLU default")
+    if problems:  # the divisibility checks below would only repeat them
+        return problems
+    if model.dim % model.n_heads:
+        problems.append(
+            f"model.dim={model.dim} is not divisible by model.n_heads={model.n_heads}: "
+            f"pick n_heads among the divisors of dim, e.g. {_divisors_near(model.dim, model.n_heads)}"
+        )
+    elif model.head_dim % 2:
+        problems.append(
+            f"model.dim / model.n_heads = {model.head_dim} is odd: rotary embeddings rotate pairs "
+            f"of channels, so the head dimension must be even"
+        )
+    if model.n_heads % model.n_kv_heads:
+        problems.append(
+            f"model.n_heads={model.n_heads} is not divisible by model.n_kv_heads={model.n_kv_heads}: "
+            f"grouped-query attention shares each KV head among n_heads / n_kv_heads query heads"
+        )
+    if not 0.0 <= model.dropout < 1.0:
+        problems.append(f"model.dropout={model.dropout}: must be in [0, 1)")
+    if model.attention not in ATTENTION_IMPLS:
+        problems.append(f"model.attention={model.attention!r}: must be one of {', '.join(ATTENTION_IMPLS)}")
+    return problems
+
+
+def _divisors_near(n: int, target: int) -> str:
+    divisors = sorted((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - target))
+    return ", ".join(str(d) for d in sorted(divisors[:3]))
+
+
+def validate(cfg: Config, check_files: bool = True) -> None:
+    """Raise ConfigError listing every bad value before anything heavy happens."""
+    problems = model_problems(cfg.model)
+    train, data = cfg.train, cfg.data
+    _require_positive(
+        problems,
+        {
+            "train.batch_size": train.batch_size,
+            "train.grad_accum": train.grad_accum,
+            "train.lr": train.lr,
+            "train.log_interval": train.log_interval,
+            "train.eval_interval": train.eval_interval,
+            "train.save_interval": train.save_interval,
+            "train.keep_checkpoints": train.keep_checkpoints,
+            "data.seq_len": data.seq_len,
+        },
+    )
+    if train.max_steps == 0 or train.max_steps < -1:
+        problems.append(f"train.max_steps={train.max_steps}: must be > 0, or -1 to train for train.epochs")
+    if train.max_steps == -1 and train.epochs <= 0:
+        problems.append(f"train.epochs={train.epochs}: must be > 0 when train.max_steps=-1")
+    if not 0.0 <= train.min_lr_ratio <= 1.0:
+        problems.append(f"train.min_lr_ratio={train.min_lr_ratio}: must be in [0, 1]")
+    for key, value in {"train.warmup_steps": train.warmup_steps, "train.weight_decay": train.weight_decay,
+                       "train.grad_clip": train.grad_clip}.items():
+        if value < 0:
+            problems.append(f"{key}={value}: must be >= 0")
+    for key, value in {"train.beta1": train.beta1, "train.beta2": train.beta2}.items():
+        if not 0.0 <= value < 1.0:
+            problems.append(f"{key}={value}: must be in [0, 1)")
+    if train.eval_batches == 0 or train.eval_batches < -1:
+        problems.append(f"train.eval_batches={train.eval_batches}: must be > 0, or -1 for the whole set")
+    if data.seq_len > cfg.model.max_seq_len > 0:
+        problems.append(
+            f"data.seq_len={data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: "
+            f"lower data.seq_len or raise model.max_seq_len"
+        )
+    if cfg.hardware.dtype not in DTYPES:
+        problems.append(f"hardware.dtype={cfg.hardware.dtype!r}: must be one of {', '.join(DTYPES)}")
+    if not (cfg.hardware.device in ("auto", "cpu", "cuda", "mps") or cfg.hardware.device.startswith("cuda:")):
+        problems.append(f"hardware.device={cfg.hardware.device!r}: must be auto, cpu, cuda, cuda:N or mps")
+    if cfg.hardware.device == "cpu" and cfg.hardware.dtype == "float16":
+        problems.append("hardware.dtype=float16 on hardware.device=cpu: use float32 or bfloat16 on CPU")
+    if cfg.logger not in LOGGERS:
+        problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
+    if check_files:
+        for key, path in {"data.train_path": data.train_path, "data.val_path": data.val_path}.items():
+            if path is not None and not os.path.isfile(path):
+                problems.append(f"{key}={path}: no such file (relative paths start from {os.getcwd()})")
+        if cfg.tokenizer.path is not None and not os.path.isfile(os.path.join(cfg.tokenizer.path, "tokenizer.json")):
+            problems.append(f"tokenizer.path={cfg.tokenizer.path}: no tokenizer.json in that directory")
+        resume = train.resume
+        if resume not in (None, "auto") and not os.path.isdir(resume):
+            problems.append(f"train.resume={resume}: no such checkpoint directory (or use 'auto')")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore; the YAML in conf/ builds on them."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(name="base_generate", node=GenerateConfig)
+    # group schemas, named by the YAML files that extend them (`defaults: [dense_schema, _self_]`)
+    cs.store(group="model", name="dense_schema", node=ModelConfig)
+    cs.store(group="mode", name="pretrain_schema", node=ModeConfig)

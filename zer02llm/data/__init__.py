@@ -1,0 +1,1 @@
+"""Data: JSONL reading, tokenized caches, datasets and samplers."""

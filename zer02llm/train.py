@@ -1,0 +1,51 @@
+"""`python -m zer02llm.train [overrides]`: compose the config, validate it, train.
+
+The only place, with generate.py, that knows about Hydra: it turns the composed DictConfig into
+plain dataclasses and hands them to the Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from zer02llm.cli import quote_text_overrides
+from zer02llm.config import Config, ConfigError, register_configs, validate
+from zer02llm.data.jsonl import DataError
+from zer02llm.resources import shipped_path
+
+log = logging.getLogger("zer02llm.train")
+TEXT_KEYS = ("data.train_path", "data.val_path", "data.cache_dir", "tokenizer.path", "train.resume")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="config")
+def main(dict_cfg: DictConfig) -> None:
+    cfg: Config = OmegaConf.to_object(dict_cfg)
+    try:
+        validate(cfg)
+        from zer02llm.trainer import Trainer  # torch is imported only once the config is known good
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+        log.info("run directory: %s", run_dir)
+        Trainer(cfg, run_dir, resolved).fit()
+    except (ConfigError, DataError) as e:
+        # a clear message and exit status 2 instead of a traceback: nothing heavy has run yet
+        log.error("%s", e)
+        sys.exit(2)
+
+
+def cli() -> None:
+    """Console entry: file paths need no Hydra quoting (non-ASCII names, commas)."""
+    sys.argv[1:] = quote_text_overrides(sys.argv[1:], TEXT_KEYS)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

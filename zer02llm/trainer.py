@@ -1,0 +1,284 @@
+"""The training loop: micro-steps with accumulation, mixed precision, clipping, schedule, eval,
+checkpoints and exact resume. Plain PyTorch; it receives a validated Config and a run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from zer02llm import checkpoint as ckpt
+from zer02llm.config import Config, ConfigError, HardwareConfig
+from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
+from zer02llm.data.sampler import BatchSampler
+from zer02llm.model import Transformer
+from zer02llm.resources import sample_data_path
+from zer02llm.tokenizer import Tokenizer
+from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]:
+    """The device and compute dtype a hardware preset asks for, or a plain error if it can't be had."""
+    name = hardware.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"hardware={hardware.name} (hardware.device={hardware.device}) needs a CUDA GPU, but "
+                          f"torch.cuda.is_available() is False on this machine: use hardware=cpu, or "
+                          f"hardware.device=auto to fall back to the CPU")
+    device = torch.device(name)
+    dtype_name = hardware.dtype
+    if dtype_name == "auto":
+        if device.type == "cuda":
+            dtype_name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype_name = "float32"
+    if device.type == "cpu" and dtype_name == "float16":
+        raise ConfigError("hardware.dtype=float16 is for GPUs; use float32 or bfloat16 on the CPU")
+    return device, DTYPES[dtype_name]
+
+
+def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
+    """Training and validation files; null train_path means the shipped sample corpus (and its val)."""
+    if cfg.data.train_path is None:
+        val = cfg.data.val_path or str(sample_data_path("val.jsonl"))
+        return str(sample_data_path("pretrain.jsonl")), val
+    return cfg.data.train_path, cfg.data.val_path
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup to lr over warmup_steps, then cosine decay to lr * min_lr_ratio at total_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    min_lr = lr * min_lr_ratio
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (linear weights, embeddings), none on norms' gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # the fused kernel does the whole update in one launch on GPUs (and exists for CPU in recent torch)
+    fused = device.type in ("cuda", "cpu")
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any]):
+        self.cfg, self.run_dir, self.resolved_config = cfg, run_dir, resolved_config
+        self.device, self.dtype = resolve_device(cfg.hardware)
+        torch.manual_seed(cfg.train.seed)
+        self.tokenizer = Tokenizer.load(cfg.tokenizer.path)
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                              f"{self.tokenizer.vocab_size} tokens ({self.tokenizer.path}): raise model.vocab_size")
+
+        train_path, val_path = data_paths(cfg)
+        self.train_data = self._dataset(train_path)
+        self.val_data = self._dataset(val_path) if val_path else None
+        self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed)
+        steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
+        self.total_steps = (cfg.train.max_steps if cfg.train.max_steps > 0
+                            else math.ceil(cfg.train.epochs * steps_per_epoch))
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
+
+        self.model = Transformer(cfg.model).to(self.device)
+        self.forward = torch.compile(self.model) if cfg.hardware.compile else self.model
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step = 0
+        self.wandb_id: Optional[str] = None
+        self.checkpoint_root = run_dir / "checkpoints"
+        self.metrics = MetricsFile(run_dir / "metrics.jsonl")
+
+    def _dataset(self, path: str) -> PackedDataset:
+        tokens = tokenize_to_cache(path, self.tokenizer, self.cfg.data.cache_dir, strict=self.cfg.data.strict)
+        if tokens.bad_lines:
+            log.warning("%s: %d malformed line(s) skipped (data.strict=true makes them an error)", path,
+                        tokens.bad_lines)
+        return PackedDataset(tokens, self.cfg.data.seq_len)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # --- one optimizer step -------------------------------------------------------------------
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            loss = self.forward(inputs, targets).loss
+        self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
+        return loss.detach()
+
+    def train_step(self) -> dict[str, float]:
+        train = self.cfg.train
+        lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total_loss = torch.zeros((), device=self.device)
+        for _ in range(train.grad_accum):
+            inputs, targets = self.train_data.batch(self.sampler.next_batch())
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            total_loss += self.forward_backward(inputs, targets)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = train.grad_clip if train.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": total_loss / train.grad_accum, "grad_norm": grad_norm, "lr": lr}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over the first eval_batches batches of the validation set, in order."""
+        assert self.val_data is not None
+        self.model.eval()
+        batch_size = self.cfg.train.batch_size
+        n_batches = math.ceil(len(self.val_data) / batch_size)
+        if self.cfg.train.eval_batches > 0:
+            n_batches = min(n_batches, self.cfg.train.eval_batches)
+        total, count = 0.0, 0
+        for b in range(n_batches):
+            indices = list(range(b * batch_size, min(len(self.val_data), (b + 1) * batch_size)))
+            inputs, targets = self.val_data.batch(indices)
+            with self.autocast():
+                loss = self.forward(inputs.to(self.device), targets.to(self.device)).loss
+            total += loss.item() * targets.numel()
+            count += targets.numel()
+        self.model.train()
+        val_loss = total / count
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
+                "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.wandb_id = state.get("wandb_id")
+
+    def save(self) -> Path:
+        config = {"model": dataclasses.asdict(self.cfg.model), "config": self.resolved_config}
+        path = ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model, self.state_dict(), config,
+                                    self.tokenizer.path, self.cfg.train.keep_checkpoints)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def resume(self, where: str) -> None:
+        if where == "auto":
+            found = ckpt.latest_checkpoint(self.checkpoint_root)
+            if found is None:
+                log.info("train.resume=auto: no checkpoint in %s yet, starting fresh", self.checkpoint_root)
+                return
+        else:
+            found = ckpt.resolve_checkpoint(where)
+        ckpt.check_model_config(ckpt.read_checkpoint_config(found)["model"], self.cfg.model, found)
+        ckpt.load_weights(self.model, found)
+        self.load_state_dict(ckpt.load_trainer_state(found, self.device))
+        self.metrics.truncate_after(self.step)
+        log.info("resumed from %s at step %d", found, self.step)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        if cfg.train.resume:
+            self.resume(cfg.train.resume)
+        n_params = self.model.num_params()
+        log.info("model: %.2fM parameters (%.2fM without embeddings), device %s, dtype %s",
+                 n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, self.device,
+                 str(self.dtype).replace("torch.", ""))
+        log.info("data: %d training sequences of %d tokens; %d steps of %d tokens", len(self.train_data),
+                 cfg.data.seq_len, self.total_steps, self.tokens_per_step)
+        tracker = None
+        if cfg.logger == "wandb":
+            tracker = WandbLogger(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, list(cfg.wandb.tags),
+                                  self.resolved_config, self.run_dir, resume_id=self.wandb_id)
+            self.wandb_id = tracker.run_id
+        self.model.train()
+        last: dict[str, float] = {}
+        saved_step = self.step
+        window_start, window_steps = time.perf_counter(), 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if _is_tty() else 30.0)
+        with logging_redirect_tqdm():
+            try:
+                while self.step < self.total_steps:
+                    stats = self.train_step()
+                    window_steps += 1
+                    bar.update(1)
+                    row: dict[str, float] = {}
+                    if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        row = {"step": self.step, "loss": stats["loss"].item(), "lr": stats["lr"],
+                               "grad_norm": stats["grad_norm"].item(),
+                               "tokens_per_s": window_steps * self.tokens_per_step / elapsed,
+                               "tokens": self.step * self.tokens_per_step}
+                        if not math.isfinite(row["loss"]):
+                            raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower "
+                                                     f"train.lr or use hardware.dtype=bfloat16/float32")
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                                        tok_s=f"{row['tokens_per_s']:.0f}")
+                        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s", self.step,
+                                 self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"])
+                        window_start, window_steps = time.perf_counter(), 0
+                    if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
+                                                      or self.step == self.total_steps):
+                        row = {"step": self.step, **row, **self.evaluate()}
+                        log.info("step %d: val loss %.4f, perplexity %.2f", self.step, row["val_loss"],
+                                 row["val_ppl"])
+                        window_start = time.perf_counter()  # evaluation time is not training time
+                    if row:
+                        self.metrics.write(row)
+                        if tracker:
+                            tracker.log(row, step=self.step)
+                        last.update(row)
+                    if self.step % cfg.train.save_interval == 0 or self.step == self.total_steps:
+                        self.save()
+                        saved_step = self.step
+            finally:
+                bar.close()
+                if saved_step != self.step and self.step > 0:
+                    log.warning("stopped at step %d; the last checkpoint is step %d", self.step, saved_step)
+                if tracker:
+                    tracker.finish()
+        plot = plot_losses(self.metrics.rows(), self.run_dir / "loss.png")
+        if plot:
+            log.info("loss curves: %s", plot)
+        return last
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
