@@ -28,9 +28,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 statistics: the mean of squares overflows/underflows in half precision
-        xf = x.float()
+        compute = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 kept
+        xf = x.to(compute)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (xf * self.weight.to(compute)).to(x.dtype)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +39,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, past + T)
         scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
-        weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
+        weights = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
         weights = F.dropout(weights, p=dropout, training=dropout > 0)
         return weights @ v
 
@@ -171,10 +172,21 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = cos.float(), sin.float()
         # not saved: recomputed from the config
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+
+    def _apply(self, fn, recurse=True):
+        # rebuild the rotary tables after .to()/.double()/.bfloat16(): float64 in a float64 model,
+        # float32 otherwise (apply_rope casts them to the activations' dtype), never a rounded copy
+        super()._apply(fn, recurse)
+        dtype = torch.float64 if self.tok_embeddings.weight.dtype == torch.float64 else torch.float32
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos = cos.to(self.rope_cos.device, dtype)
+        self.rope_sin = sin.to(self.rope_sin.device, dtype)
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         std = 0.02
@@ -199,7 +211,8 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, cache)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.norm(x)).float()
+        logits = self.lm_head(self.norm(x))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
