@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Benchmark zer02llm's Transformer (training step, KV-cached generation) side by side with the same
+architecture in Hugging Face transformers (LlamaForCausalLM). It prints figures; it asserts none.
+
+Training: random token batches (batch, seq) from a fixed seed; one step = forward + loss + backward
++ clip-grad-norm(1.0) + AdamW step + zero_grad, under autocast when --dtype is not float32. The peer
+starts from a copy of our initial weights, sees the same batches (labels = input_ids, shifted inside
+transformers; ours gets the same shift) and the same optimizer (zer02llm.trainer.build_optimizer), so
+the initial losses and the greedy generations should agree.
+
+    MFU = tokens/s * flops_per_token / peak FLOP/s
+    flops_per_token = 6 * N_matmul + 12 * n_layers * dim * seq_len      (Transformer.flops_per_token)
+    N_matmul: non-embedding parameters plus the tied LM head; the second term is attention's QK^T and AV
+
+Peak: --peak-tflops, else a table of dense bf16 tensor-core peaks by GPU name; MFU is n/a on the CPU
+unless --peak-tflops is given. Memory: CUDA max_memory_allocated; on the CPU the process's peak RSS
+during each model's training phase (VmHWM, reset through /proc/self/clear_refs; ru_maxrss otherwise).
+
+    python scripts/bench.py                                               # reference shape, fp32 on CPU
+    python scripts/bench.py --dim 128 --n-layers 2 --n-heads 4 --seq-len 128     # the hardware=cpu preset
+    python scripts/bench.py --device cuda --compile --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+try:
+    import zer02llm  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from zer02llm.config import Config, ModelConfig, model_problems
+from zer02llm.model import IGNORE_INDEX, Transformer
+from zer02llm.sampling import SamplingParams, generate
+from zer02llm.trainer import build_optimizer
+
+SEED = 0
+PROMPT_LEN = 16
+GEN_REPEATS = 3  # timed generations after the warm-up one; the median counts
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# dense (no sparsity) bf16 tensor-core peaks, TFLOP/s; the first key found in the device name wins
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("A100", 312.0), ("RTX 3090", 71.0), ("RTX 4090", 165.0)]
+FORMULA = "flops_per_token = 6*N_matmul + 12*n_layers*dim*seq_len; MFU = tokens/s * flops_per_token / peak"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    add = p.add_argument
+    add("--dim", type=int, default=256, help="model width")
+    add("--n-layers", type=int, default=4, help="Transformer blocks")
+    add("--n-heads", type=int, default=8, help="query heads")
+    add("--n-kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
+    add("--seq-len", type=int, default=256, help="training sequence length")
+    add("--batch-size", type=int, default=8, help="training sequences per step")
+    add("--vocab-size", type=int, default=6400, help="vocabulary (random tokens below it)")
+    add("--steps", type=int, default=10, help="timed training steps")
+    add("--warmup", type=int, default=3, help="untimed training steps before them")
+    add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    add("--dtype", choices=["auto", *DTYPES], default="auto", help="autocast dtype; auto: float32 on CPU, bfloat16 on CUDA")
+    add("--attention", choices=["sdpa", "math"], default="sdpa", help="our attention path (the peer uses sdpa)")
+    add("--compile", action="store_true", help="torch.compile both models for training (generation runs eager)")
+    add("--peak-tflops", type=float, default=None,
+        help="device peak TFLOP/s for MFU; unset: known GPUs' dense bf16 peak, n/a on CPU")
+    add("--gen-tokens", type=int, default=64, help=f"new tokens per generation (batch 1, {PROMPT_LEN}-token prompt)")
+    add("--no-peer", action="store_true", help="skip the transformers LlamaForCausalLM peer")
+    add("--json", metavar="PATH", default=None, help="also write all results as JSON ('-': stdout)")
+    add("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.gen_tokens < 1:
+        p.error("--steps and --gen-tokens must be >= 1, --warmup >= 0")
+    return args
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA kernels run asynchronously: wait for them around each timing
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def reset_peak_memory(device: torch.device) -> str:
+    """Start a fresh peak; returns how peak_memory_mb will measure it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return "torch.cuda.max_memory_allocated"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM (peak RSS) := current RSS
+        return "process peak RSS during the training phase (VmHWM, reset via /proc/self/clear_refs)"
+    except OSError:
+        return "process peak RSS since start (not resettable here)"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        if found := re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()):
+            return int(found.group(1)) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def cpu_seconds() -> Optional[tuple[float, float, float]]:
+    """(wall clock, busy CPU-seconds of the whole machine, CPU-seconds of this process); None off Linux."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    return time.perf_counter(), busy, own.ru_utime + own.ru_stime
+
+
+def others_cpu_share(start: Optional[tuple[float, float, float]]) -> Optional[float]:
+    """Share of the machine's CPU time that other processes (or the hypervisor) took since start."""
+    end = cpu_seconds()
+    if start is None or end is None:
+        return None
+    wall, busy, own = (e - s for e, s in zip(end, start))
+    return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+def time_training(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                  batches: list[torch.Tensor], warmup: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """Run a full training step per batch; time those after the first `warmup`."""
+    mem_method = reset_peak_memory(device)
+    optimizer = build_optimizer(model, Config(), device)  # AdamW, fused where torch has it
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    model.train()
+    times, losses = [], []
+    for i, batch in enumerate(batches):
+        sync(device)
+        start = time.perf_counter()
+        with autocast(device, dtype):
+            loss = loss_fn(batch)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+        # a float, not a tensor: small tensors kept alive across steps pin glibc's heap and RSS grows each step
+        losses.append(loss.item())
+    tokens = sum(b.numel() for b in batches[warmup:])
+    return {"tokens_per_s": tokens / sum(times), "ms_per_step": 1e3 * sum(times) / len(times),
+            "ms_per_step_median": 1e3 * statistics.median(times), "steps": len(times), "warmup": warmup,
+            "loss_first": losses[0], "loss_last": losses[-1], "peak_mem_mb": peak_memory_mb(device),
+            "mem_method": mem_method, "fused_adamw": bool(optimizer.defaults.get("fused"))}
+
+
+def time_generation(gen_fn: Callable[[], list[int]], n_new: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """One warm-up generation, then the median of GEN_REPEATS timed ones (prefill included)."""
+    times = []
+    with torch.no_grad(), autocast(device, dtype):
+        tokens = gen_fn()
+        for _ in range(GEN_REPEATS):
+            sync(device)
+            start = time.perf_counter()
+            tokens = gen_fn()
+            sync(device)
+            times.append(time.perf_counter() - start)
+    if len(tokens) != n_new:
+        raise RuntimeError(f"generated {len(tokens)} tokens, expected {n_new}")
+    seconds = statistics.median(times)
+    return {"tokens_per_s": n_new / seconds, "ms_per_token": 1e3 * seconds / n_new, "new_tokens": n_new,
+            "prompt_tokens": PROMPT_LEN, "tokens": tokens}
+
+
+def build_peer(model: Transformer) -> torch.nn.Module:
+    """LlamaForCausalLM with our dimensions, holding a copy of our weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.cfg
+    peer = LlamaForCausalLM(LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=True,
+        max_position_embeddings=cfg.max_seq_len, attn_implementation="sdpa", pad_token_id=0))
+    renames = [(r"^tok_embeddings\.", "model.embed_tokens."), (r"^norm\.", "model.norm."),
+               (r"^layers\.", "model.layers."), (r"\.attn_norm\.", ".input_layernorm."),
+               (r"\.ffn_norm\.", ".post_attention_layernorm."), (r"\.attn\.", ".self_attn."), (r"\.ffn\.", ".mlp.")]
+    state = {}
+    for name, tensor in model.state_dict().items():
+        for pattern, new in renames:
+            name = re.sub(pattern, new, name)
+        state[name] = tensor
+    peer.load_state_dict(state, strict=True)  # fails loudly if the two architectures drift apart
+    return peer.to(model.tok_embeddings.weight.device)
+
+
+def peak_tflops(args: argparse.Namespace, device: torch.device) -> tuple[Optional[float], str]:
+    if args.peak_tflops:
+        return args.peak_tflops, "--peak-tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_BF16_TFLOPS:
+            if key in name:
+                return tflops, f"table: {key}, dense bf16"
+    return None, "unknown: give --peak-tflops"
+
+
+def machine_info(device: torch.device, dtype: torch.dtype) -> dict:
+    name = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        with contextlib.suppress(OSError):
+            if found := re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()):
+                name = found.group(1).strip()
+    return {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "device_name": name, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "dtype": str(dtype).removeprefix("torch.")}
+
+
+def bench_model(label: str, model: torch.nn.Module, loss_fn: Callable, gen_fn: Callable, batches: list[torch.Tensor],
+                args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    print(f"[{label}] generation ...", file=sys.stderr, flush=True)
+    gen = time_generation(gen_fn, args.gen_tokens, device, dtype)  # first, while the weights are the initial ones
+    print(f"[{label}] training ...", file=sys.stderr, flush=True)
+    train = time_training(model, loss_fn, batches, args.warmup, device, dtype)
+    return {"params": sum(p.numel() for p in model.parameters()), "train": train, "generate": gen}
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parse_args(argv)
+    cpu_start = cpu_seconds()  # to tell, at the end, whether other processes competed for the CPUs
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch.cuda.is_available() is False on this machine")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    dtype = DTYPES[args.dtype if args.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"]
+    if device.type == "cpu" and dtype == torch.float16:
+        sys.exit("--dtype float16 is for CUDA; use float32 or bfloat16 on the CPU")
+    cfg = ModelConfig(vocab_size=args.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                      n_kv_heads=args.n_kv_heads, attention=args.attention,
+                      max_seq_len=max(args.seq_len, PROMPT_LEN + args.gen_tokens))
+    if problems := model_problems(cfg):
+        sys.exit("bad model shape:\n  " + "\n  ".join(problems))
+
+    torch.manual_seed(SEED)
+    ours = Transformer(cfg).to(device)
+    rng = torch.Generator().manual_seed(SEED)
+    batches = [torch.randint(cfg.vocab_size, (args.batch_size, args.seq_len), generator=rng).to(device)
+               for _ in range(args.warmup + args.steps)]
+    prompt = torch.randint(cfg.vocab_size, (PROMPT_LEN,), generator=rng).tolist()
+    peer = None
+    if not args.no_peer:
+        try:
+            peer = build_peer(ours)  # before ours trains: both start from the same weights
+        except ImportError:
+            print("transformers is not importable: no peer", file=sys.stderr)
+
+    # the peer's loss: position t predicts token t+1 (labels shifted inside); the same targets for ours
+    targets = [torch.cat([b[:, 1:], torch.full_like(b[:, :1], IGNORE_INDEX)], dim=1) for b in batches]
+    target_of = {id(b): t for b, t in zip(batches, targets)}
+    fwd = torch.compile(ours) if args.compile else ours
+    greedy = SamplingParams(temperature=0.0)
+    peak, peak_source = peak_tflops(args, device)
+    results: dict[str, Any] = {
+        "machine": machine_info(device, dtype), "args": vars(args), "formula": FORMULA,
+        "flops_per_token": ours.flops_per_token(args.seq_len), "peak_tflops": peak, "peak_source": peak_source,
+        "ours": bench_model("zer02llm", ours, lambda b: fwd(b, target_of[id(b)]).loss,
+                            lambda: list(generate(ours, prompt, args.gen_tokens, greedy)),
+                            batches, args, device, dtype)}
+    results["ours"]["attention"] = args.attention
+
+    if peer is not None:
+        import transformers
+
+        pfwd = torch.compile(peer) if args.compile else peer
+        ids = torch.tensor([prompt], device=device)
+
+        def peer_generate() -> list[int]:
+            out = peer.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True,
+                                max_new_tokens=args.gen_tokens, min_new_tokens=args.gen_tokens)
+            return out[0, PROMPT_LEN:].tolist()
+
+        results["peer"] = bench_model(f"transformers {transformers.__version__}", peer,
+                                      lambda b: pfwd(input_ids=b, labels=b).loss, peer_generate,
+                                      batches, args, device, dtype)
+        results["peer"].update(attention="sdpa", transformers=transformers.__version__)
+        results["ratio"] = {k: results["ours"][k]["tokens_per_s"] / results["peer"][k]["tokens_per_s"]
+                            for k in ("train", "generate")}
+        results["greedy_match"] = results["ours"]["generate"]["tokens"] == results["peer"]["generate"]["tokens"]
+    for entry in (results["ours"], results.get("peer")):
+        if entry is not None:
+            flops = entry["train"]["tokens_per_s"] * results["flops_per_token"]
+            entry["train"]["mfu"] = flops / (peak * 1e12) if peak else None
+    results["machine"]["others_cpu_share"] = others_cpu_share(cpu_start)
+    print_table(results, args)
+    if args.json == "-":
+        print(json.dumps(results, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def print_table(r: dict, args: argparse.Namespace) -> None:
+    m, ours, peer = r["machine"], r["ours"], r.get("peer")
+    print(f"\nshape: dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads ({args.n_kv_heads} KV), "
+          f"seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up{', compiled' if args.compile else ''}")
+    print(f"device: {m['device']} ({m['device_name']}), {m['cpu_count']} CPUs, {m['threads']} threads, "
+          f"{m['dtype']}, torch {m['torch']}")
+    if m["device"] == "cpu" and (m["others_cpu_share"] or 0) > 0.1:
+        print(f"warning: other processes took {m['others_cpu_share']:.0%} of the CPU time during the run, "
+              f"so these timings are noisy: rerun on a quiet machine, or try --threads 1")
+    print(f"{FORMULA}\n  = {r['flops_per_token']:,} FLOPs/token at seq {args.seq_len}; "
+          f"peak {r['peak_tflops'] or 'n/a'} TFLOP/s ({r['peak_source']})")
+    # (label, path into an entry, format, show ours/peer ratio)
+    rows = [("parameters", ("params",), "{:,}", False), ("attention", ("attention",), "{}", False),
+            ("train tokens/s", ("train", "tokens_per_s"), "{:,.0f}", True),
+            ("train ms/step (mean)", ("train", "ms_per_step"), "{:,.1f}", False),
+            ("train ms/step (median)", ("train", "ms_per_step_median"), "{:,.1f}", False),
+            ("MFU", ("train", "mfu"), "{:.1%}", False),
+            ("peak memory MB", ("train", "peak_mem_mb"), "{:,.0f}", False),
+            ("initial loss", ("train", "loss_first"), "{:.4f}", False),
+            (f"generate tokens/s (b=1, {args.gen_tokens} new)", ("generate", "tokens_per_s"), "{:,.0f}", True),
+            ("generate ms/token", ("generate", "ms_per_token"), "{:.2f}", False)]
+    entries = [ours] + ([peer] if peer else [])
+    cols = ["zer02llm"] + ([f"transformers {peer['transformers']}", "ours/peer"] if peer else [])
+    print(f"\n{'':<34}" + "".join(f"{c:>22}" for c in cols))
+    for label, path, fmt, ratio in rows:
+        values = [e[path[0]] if len(path) == 1 else e[path[0]][path[1]] for e in entries]
+        cells = ["n/a" if v is None else fmt.format(v) for v in values]
+        if peer:
+            cells.append(f"{values[0] / values[1]:.2f}x" if ratio else "")
+        print(f"{label:<34}" + "".join(f"{c:>22}" for c in cells))
+    print(f"\nmemory: {ours['train']['mem_method']}")
+    if peer:
+        print(f"parameter counts {'match' if ours['params'] == peer['params'] else 'DIFFER'}; greedy generations "
+              f"{'match' if r['greedy_match'] else 'differ'} (both start from the same weights)")
+
+
+if __name__ == "__main__":
+    main()
