@@ -134,6 +134,8 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         for _ in range(train.grad_accum):
             inputs, targets = self.train_data.batch(self.sampler.next_batch())
+            if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
+                inputs, targets = inputs.pin_memory(), targets.pin_memory()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             total_loss += self.forward_backward(inputs, targets)
