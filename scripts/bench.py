@@ -44,7 +44,7 @@ try:
 except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zer02llm.config import Config, ModelConfig, model_problems
+from zer02llm.config import Config, ModelConfig, MoEConfig, model_problems
 from zer02llm.model import IGNORE_INDEX, Transformer
 from zer02llm.sampling import SamplingParams, generate
 from zer02llm.trainer import build_optimizer
@@ -85,6 +85,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add("--no-peer", action="store_true", help="skip the transformers LlamaForCausalLM peer")
     add("--json", metavar="PATH", default=None, help="also write all results as JSON ('-': stdout)")
     add("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    add("--hidden-dim", type=int, default=None, help="SwiGLU width (dense) or expert width (MoE); unset: 64*ceil(8*dim/3/64)")
+    add("--moe", action="store_true", help="benchmark the Mixture-of-Experts model (no transformers peer)")
+    add("--num-experts", type=int, default=4, help="MoE: routed experts")
+    add("--experts-per-token", type=int, default=2, help="MoE: top-k")
+    add("--num-shared-experts", type=int, default=1, help="MoE: always-on experts")
+    add("--capacity-factor", type=float, default=0.0, help="MoE: 0 = dropless")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.gen_tokens < 1:
         p.error("--steps and --gen-tokens must be >= 1, --warmup >= 0")
@@ -259,9 +265,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     dtype = DTYPES[args.dtype if args.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"]
     if device.type == "cpu" and dtype == torch.float16:
         sys.exit("--dtype float16 is for CUDA; use float32 or bfloat16 on the CPU")
-    cfg = ModelConfig(vocab_size=args.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
-                      n_kv_heads=args.n_kv_heads, attention=args.attention,
-                      max_seq_len=max(args.seq_len, PROMPT_LEN + args.gen_tokens))
+    shape = dict(vocab_size=args.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                 n_kv_heads=args.n_kv_heads, attention=args.attention,
+                 max_seq_len=max(args.seq_len, PROMPT_LEN + args.gen_tokens))
+    if args.moe:
+        cfg: ModelConfig = MoEConfig(**shape, num_experts=args.num_experts, experts_per_token=args.experts_per_token,
+                                     num_shared_experts=args.num_shared_experts, expert_hidden_dim=args.hidden_dim,
+                                     capacity_factor=args.capacity_factor)
+        args.no_peer = True  # LlamaForCausalLM has no experts
+    else:
+        cfg = ModelConfig(**shape, hidden_dim=args.hidden_dim)
     if problems := model_problems(cfg):
         sys.exit("bad model shape:\n  " + "\n  ".join(problems))
 
@@ -291,6 +304,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                             lambda: list(generate(ours, prompt, args.gen_tokens, greedy)),
                             batches, args, device, dtype)}
     results["ours"]["attention"] = args.attention
+    results["ours"]["active_params"] = ours.num_params(active=True)
+    results["ours"]["model"] = cfg.name
 
     if peer is not None:
         import transformers
@@ -354,6 +369,8 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
         if peer:
             cells.append(f"{values[0] / values[1]:.2f}x" if ratio else "")
         print(f"{label:<34}" + "".join(f"{c:>22}" for c in cells))
+    if ours["active_params"] != ours["params"]:
+        print(f"{'active parameters per token':<34}{ours['active_params']:>22,}")
     print(f"\nmemory: {ours['train']['mem_method']}")
     if peer:
         print(f"parameter counts {'match' if ours['params'] == peer['params'] else 'DIFFER'}; greedy generations "

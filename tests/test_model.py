@@ -493,7 +493,7 @@ def test_gradcheck_blocks_on_embeddings(impl):
 
     def blocks(x: torch.Tensor) -> torch.Tensor:
         for layer in model.layers:
-            x = layer(x, cos, sin)
+            x, _ = layer(x, cos, sin)
         return model.lm_head(model.norm(x))
 
     emb = model.tok_embeddings(torch.tensor([[1, 5, 2, 9]])).detach().clone().requires_grad_(True)

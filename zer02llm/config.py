@@ -50,6 +50,37 @@ class ModelConfig:
 
 
 @dataclass
+class MoEConfig(ModelConfig):
+    """Mixture-of-Experts: each chosen layer's feed-forward becomes routed + shared SwiGLU experts."""
+
+    name: str = "moe"
+    num_experts: int = 4  # routed experts
+    experts_per_token: int = 2  # top-k
+    num_shared_experts: int = 1  # always-on experts; 0 means none
+    norm_topk_prob: bool = True  # renormalise the k chosen router probabilities to sum to 1
+    aux_loss_alpha: float = 0.01  # weight of the load-balancing loss
+    seq_aux: bool = True  # balance per sequence (true) or over the whole batch (false)
+    router_z_loss: float = 0.0  # weight of mean(logsumexp(router logits)^2); 0 disables it
+    moe_layer_interval: int = 1  # layer i is MoE when (i + 1) % interval == 0: 1 = every layer
+    capacity_factor: float = 0.0  # 0: dropless; > 0: each expert takes ceil(cf * tokens * k / E) pairs
+    # width of each expert; null: the dense SwiGLU width (64 * ceil(8 * dim / 3 / 64))
+    expert_hidden_dim: Optional[int] = None
+
+    @property
+    def expert_ffn_dim(self) -> int:
+        return self.expert_hidden_dim if self.expert_hidden_dim is not None else self.ffn_dim
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return (layer_idx + 1) % self.moe_layer_interval == 0
+
+
+def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """Rebuild the right model config class from a saved dict (checkpoint config.json)."""
+    cls = MoEConfig if values.get("name") == "moe" else ModelConfig
+    return cls(**values)
+
+
+@dataclass
 class ModeConfig:
     """Training stage. Only pretraining exists so far; SFT adds its own fields in a subclass."""
 
@@ -201,6 +232,27 @@ def model_problems(model: ModelConfig) -> list[str]:
         problems.append(f"model.dropout={model.dropout}: must be in [0, 1)")
     if model.attention not in ATTENTION_IMPLS:
         problems.append(f"model.attention={model.attention!r}: must be one of {', '.join(ATTENTION_IMPLS)}")
+    if isinstance(model, MoEConfig):
+        problems += moe_problems(model)
+    return problems
+
+
+def moe_problems(moe: MoEConfig) -> list[str]:
+    problems: list[str] = []
+    _require_positive(problems, {"model.num_experts": moe.num_experts, "model.experts_per_token":
+                                 moe.experts_per_token, "model.moe_layer_interval": moe.moe_layer_interval})
+    if moe.num_experts > 0 and moe.experts_per_token > moe.num_experts:
+        problems.append(f"model.experts_per_token={moe.experts_per_token} exceeds model.num_experts="
+                        f"{moe.num_experts}: a token can visit at most every expert once")
+    if moe.moe_layer_interval > moe.n_layers > 0:
+        problems.append(f"model.moe_layer_interval={moe.moe_layer_interval} exceeds model.n_layers={moe.n_layers}: "
+                        f"no layer would be MoE")
+    for key, value in {"model.num_shared_experts": moe.num_shared_experts, "model.aux_loss_alpha": moe.aux_loss_alpha,
+                       "model.router_z_loss": moe.router_z_loss, "model.capacity_factor": moe.capacity_factor}.items():
+        if value < 0:
+            problems.append(f"{key}={value}: must be >= 0")
+    if moe.expert_hidden_dim is not None and moe.expert_hidden_dim <= 0:
+        problems.append(f"model.expert_hidden_dim={moe.expert_hidden_dim}: must be > 0, or null for the dense width")
     return problems
 
 
@@ -276,4 +328,5 @@ def register_configs() -> None:
     cs.store(name="base_generate", node=GenerateConfig)
     # group schemas, named by the YAML files that extend them (`defaults: [dense_schema, _self_]`)
     cs.store(group="model", name="dense_schema", node=ModelConfig)
+    cs.store(group="model", name="moe_schema", node=MoEConfig)
     cs.store(group="mode", name="pretrain_schema", node=ModeConfig)

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides
-from zer02llm.config import ConfigError, GenerateConfig, ModelConfig, model_problems, register_configs
+from zer02llm.config import ConfigError, GenerateConfig, model_config_from_dict, model_problems, register_configs
 from zer02llm.resources import shipped_path
 
 register_configs()
@@ -24,7 +24,7 @@ def load_model(checkpoint: str, device: str = "auto"):
     from zer02llm.tokenizer import Tokenizer
 
     path = ckpt.resolve_checkpoint(checkpoint)
-    model_cfg = ModelConfig(**ckpt.read_checkpoint_config(path)["model"])
+    model_cfg = model_config_from_dict(ckpt.read_checkpoint_config(path)["model"])
     problems = model_problems(model_cfg)
     if problems:
         raise ConfigError(f"{path}/config.json holds an invalid model config: " + "; ".join(problems))

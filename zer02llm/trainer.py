@@ -20,7 +20,7 @@ from zer02llm import checkpoint as ckpt
 from zer02llm.config import Config, ConfigError, HardwareConfig
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
-from zer02llm.model import Transformer
+from zer02llm.model import Output, Transformer
 from zer02llm.resources import sample_data_path
 from zer02llm.tokenizer import Tokenizer
 from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses
@@ -120,25 +120,32 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     # --- one optimizer step -------------------------------------------------------------------
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:
         with self.autocast():
-            loss = self.forward(inputs, targets).loss
+            out = self.forward(inputs, targets)
+        # an MoE model's balance loss trains the routers; it is logged apart from the LM loss
+        loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
         self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
-        return loss.detach()
+        return out
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over grad_accum micro-batches; returns device tensors (no host sync)."""
         train = self.cfg.train
         lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total_loss = torch.zeros((), device=self.device)
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(train.grad_accum):
             inputs, targets = self.train_data.batch(self.sampler.next_batch())
             if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            total_loss += self.forward_backward(inputs, targets)
+            out = self.forward_backward(inputs, targets)
+            for name in ("loss", "aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
+                value = getattr(out, name)
+                if value is not None:
+                    sums[name] = sums.get(name, 0) + value.detach().float()
         self.scaler.unscale_(self.optimizer)
         max_norm = train.grad_clip if train.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -146,7 +153,10 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"loss": total_loss / train.grad_accum, "grad_norm": grad_norm, "lr": lr}
+        stats = {name: total / train.grad_accum for name, total in sums.items()}
+        if "dropped_tokens" in stats:
+            stats["dropped_tokens"] = sums["dropped_tokens"]  # a count: summed, not averaged
+        return {**stats, "grad_norm": grad_norm, "lr": lr}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -214,9 +224,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.train.resume:
             self.resume(cfg.train.resume)
-        n_params = self.model.num_params()
-        log.info("model: %.2fM parameters (%.2fM without embeddings), device %s, dtype %s",
-                 n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, self.device,
+        n_params, n_active = self.model.num_params(), self.model.num_params(active=True)
+        active = f", {n_active / 1e6:.2f}M active per token" if n_active != n_params else ""
+        log.info("model %s: %.2fM parameters (%.2fM without embeddings%s), device %s, dtype %s", cfg.model.name,
+                 n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, active, self.device,
                  str(self.dtype).replace("torch.", ""))
         log.info("data: %d training sequences of %d tokens; %d steps of %d tokens", len(self.train_data),
                  cfg.data.seq_len, self.total_steps, self.tokens_per_step)
@@ -246,16 +257,18 @@ class Trainer:
                                "grad_norm": stats["grad_norm"].item(),
                                "tokens_per_s": window_steps * self.tokens_per_step / elapsed,
                                "tokens": self.step * self.tokens_per_step}
+                        row.update(moe_metrics(stats))
                         if not math.isfinite(row["loss"]):
                             raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower "
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                                        tok_s=f"{row['tokens_per_s']:.0f}")
+                                        tok_s=f"{row['tokens_per_s']:.0f}", **moe_summary(row))
                         eta = ((time.perf_counter() - fit_start) / (self.step - fit_start_step)
                                * (self.total_steps - self.step))
-                        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s, ETA %s", self.step,
+                        moe = "".join(f", {k} {v}" for k, v in moe_summary(row).items())
+                        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", self.step,
                                  self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
-                                 _format_seconds(eta))
+                                 moe, _format_seconds(eta))
                         window_start, window_steps = time.perf_counter(), 0
                     if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
                                                       or self.step == self.total_steps):
@@ -281,6 +294,22 @@ class Trainer:
         if plot:
             log.info("loss curves: %s", plot)
         return last
+
+
+def moe_metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    """Per-step MoE figures for the metrics row: balance loss, expert shares, router entropy."""
+    if "aux_loss" not in stats:
+        return {}
+    load = stats["expert_load"]  # (moe layers, experts), each row sums to 1
+    return {"aux_loss": stats["aux_loss"].item(), "expert_load_min": load.min().item(),
+            "expert_load_max": load.max().item(), "expert_load": [[round(v, 4) for v in row] for row in load.tolist()],
+            "router_entropy": stats["router_entropy"].mean().item(), "dropped_tokens": int(stats["dropped_tokens"])}
+
+
+def moe_summary(row: dict[str, Any]) -> dict[str, str]:
+    if "aux_loss" not in row:
+        return {}
+    return {"aux": f"{row['aux_loss']:.4f}", "load": f"{row['expert_load_min']:.2f}-{row['expert_load_max']:.2f}"}
 
 
 def _format_seconds(seconds: float) -> str:

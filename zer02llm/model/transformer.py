@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zer02llm.config import ModelConfig
+from zer02llm.config import ModelConfig, MoEConfig
+from zer02llm.model.moe import MoEFeedForward, RouterStats
 
 IGNORE_INDEX = -100  # targets with this value (padding, prompts) add nothing to the loss
 
@@ -146,18 +147,31 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg, layer_idx)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.dropout)
+        self.is_moe = isinstance(cfg, MoEConfig) and cfg.is_moe_layer(layer_idx)
+        if self.is_moe:
+            self.ffn = MoEFeedForward(cfg, FeedForward)
+        else:
+            self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Optional[KVCache] = None) -> torch.Tensor:
+                cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[RouterStats]]:
         x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache))
-        return x + self.ffn(self.ffn_norm(x))
+        if self.is_moe:
+            out, stats = self.ffn(self.ffn_norm(x))
+            return x + out, stats
+        return x + self.ffn(self.ffn_norm(x)), None
 
 
 class Output(NamedTuple):
     logits: torch.Tensor  # (B, T, vocab), float32
     loss: Optional[torch.Tensor]  # mean cross-entropy over targets != IGNORE_INDEX, when targets given
+    # MoE only (None for dense models): the balance loss summed over MoE layers, to add to `loss`,
+    # and per MoE layer the experts' shares of routed tokens (layers, E) and the router entropy
+    aux_loss: Optional[torch.Tensor] = None
+    expert_load: Optional[torch.Tensor] = None
+    router_entropy: Optional[torch.Tensor] = None
+    dropped_tokens: Optional[torch.Tensor] = None
 
 
 class Transformer(nn.Module):
@@ -190,7 +204,9 @@ class Transformer(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = 0.02
-        if isinstance(module, nn.Linear):
+        if isinstance(module, MoEFeedForward):
+            module.init_weights(std, residual_std=std / math.sqrt(2 * self.cfg.n_layers))
+        elif isinstance(module, nn.Linear):
             # GPT-2 scaling: each block adds two residual branches, keep the stream's variance flat
             if getattr(module, "is_residual_proj", False):
                 std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
@@ -207,8 +223,11 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.dropout(self.tok_embeddings(tokens))
+        router_stats = []
         for layer in self.layers:
-            x = layer(x, cos, sin, cache)
+            x, stats = layer(x, cos, sin, cache)
+            if stats is not None:
+                router_stats.append(stats)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(self.norm(x))
@@ -216,20 +235,35 @@ class Transformer(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return Output(logits, loss)
+        if not router_stats:
+            return Output(logits, loss)
+        return Output(logits, loss, aux_loss=torch.stack([s.aux_loss for s in router_stats]).sum(),
+                      expert_load=torch.stack([s.expert_load for s in router_stats]),
+                      router_entropy=torch.stack([s.router_entropy for s in router_stats]),
+                      dropped_tokens=torch.stack([s.dropped for s in router_stats]).sum())
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         param = self.tok_embeddings.weight
         return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, param.device, param.dtype)
 
-    def num_params(self, exclude_embeddings: bool = False) -> int:
-        """Parameter count (tied weights once); optionally without the token embedding."""
+    def num_params(self, exclude_embeddings: bool = False, active: bool = False) -> int:
+        """Parameter count (tied weights once); optionally without the token embedding, or only
+        those one token uses (`active`: an MoE layer's unchosen routed experts left out)."""
         total = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
             total -= self.tok_embeddings.weight.numel()
+        if active:
+            for layer in self.layers:
+                if layer.is_moe:
+                    moe = layer.ffn
+                    per_expert = (moe.gate_proj.numel() + moe.up_proj.numel() + moe.down_proj.numel()) // moe.num_experts
+                    total -= (moe.num_experts - moe.top_k) * per_expert
         return total
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token: 6 * N (matmul weights, forward + backward) + 12 * L * dim * T (attention)."""
-        n_matmul = self.num_params(exclude_embeddings=True) + (self.lm_head.weight.numel() if self.cfg.tie_embeddings else 0)
+        """Training FLOPs per token: 6 * N (active matmul weights, forward + backward) + 12 * L * dim * T
+        (attention scores and weighted sum); the router is counted in N, the MoE dispatch is not."""
+        n_matmul = self.num_params(exclude_embeddings=True, active=True)
+        if self.cfg.tie_embeddings:
+            n_matmul += self.lm_head.weight.numel()
         return 6 * n_matmul + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
