@@ -178,3 +178,10 @@ def test_bad_lines_summary_names_lines_and_counts_the_rest():
         bad.add(n, "invalid JSON")
     assert bad.summary("f.jsonl") == ("f.jsonl: skipped 8 malformed line(s): " + "; ".join(
         f"line {n}: invalid JSON" for n in range(1, 6)) + " (and 3 more)")
+
+
+def test_lone_surrogate_is_a_bad_line_not_a_crash(tmp_path, tokenizer):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "\\ud800 broken"}\n')
+    tokens = tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False)
+    assert (tokens.num_documents, tokens.bad_lines) == (1, 1)

@@ -83,4 +83,13 @@ def parse_pretrain(obj: Any) -> str:
         raise BadLine(f'"text" is a {type(text).__name__}, not a string')
     if not text.strip():
         raise BadLine('empty "text"')
+    check_unicode(text, '"text"')
     return text
+
+
+def check_unicode(text: str, what: str) -> None:
+    """JSON escapes can produce lone surrogates, which no tokenizer (or UTF-8) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadLine(f"{what} is not valid Unicode (a lone surrogate)") from None

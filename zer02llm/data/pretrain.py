@@ -116,7 +116,7 @@ def tokenize_to_cache(data_path: str | os.PathLike, tokenizer: Tokenizer, cache_
     meta = {"source": os.path.realpath(data_path), "num_tokens": num_tokens, "num_documents": num_documents,
             "bad_lines": bad.count, "bad_summary": bad.summary(data_path), "tokenizer": str(tokenizer.path),
             "seconds": round(time.time() - started, 2)}
-    _write_atomic(meta_path, json.dumps(meta, indent=1))
+    write_atomic(meta_path, json.dumps(meta, indent=1))
     log.info("tokenized %s: %d documents, %d tokens in %.1fs -> %s", data_path, num_documents, num_tokens,
              meta["seconds"], bin_path)
     return TokenFile(bin_path, dtype, num_tokens, num_documents, bad.count)
@@ -131,7 +131,7 @@ def _write_batch(out, texts: list[str], tokenizer: Tokenizer, dtype: np.dtype) -
     return len(pieces)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
