@@ -109,6 +109,12 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, checkpoint: 
                           + "\n  - ".join(differing))
 
 
+def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Weights of `checkpoint` into `model` (a Transformer), refusing another model config."""
+    check_model_config(read_checkpoint_config(checkpoint)["model"], model.cfg, checkpoint)
+    load_weights(model, checkpoint)
+
+
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
     if missing or unexpected:

@@ -23,16 +23,21 @@ def hydra_quote(value: str) -> str:
     return "'" + "".join(out) + "'"
 
 
-def quote_text_overrides(argv: list[str], keys: tuple[str, ...]) -> list[str]:
+def quote_text_overrides(argv: list[str], keys: tuple[str, ...], list_keys: tuple[str, ...] = ()) -> list[str]:
     """Quote `key=value` arguments whose value is free text (prompts, paths), unless already quoted.
 
     Hydra's grammar rejects commas, brackets and non-ASCII characters in unquoted values, so
     `prompt=星期三，天气很好` would fail; users should not have to know to write `'prompt="…"'`.
+    For `list_keys`, a value that is not a `[...]` list becomes a one-element list.
     """
     fixed = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+~") in keys and value and value[0] not in "'\"":
-            arg = f"{key}={hydra_quote(value)}"
+        name = key.lstrip("+~")
+        if sep and value and value[0] not in "'\"":
+            if name in keys:
+                arg = f"{key}={hydra_quote(value)}"
+            elif name in list_keys and value[0] != "[":
+                arg = f"{key}=[{hydra_quote(value)}]"
         fixed.append(arg)
     return fixed

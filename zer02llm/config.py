@@ -80,11 +80,28 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     return cls(**values)
 
 
+MODES = ("pretrain", "sft")
+
+
 @dataclass
 class ModeConfig:
-    """Training stage. Only pretraining exists so far; SFT adds its own fields in a subclass."""
+    """Training stage: "pretrain" (packed {"text"} documents) or "sft" (chat, assistant tokens only)."""
 
     name: str = "pretrain"
+    # start from these weights (a checkpoint or run directory): fresh optimizer, step 0
+    init_from: Optional[str] = None
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on chosen linear layers; everything else frozen. rank 0 turns LoRA off."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # module name suffixes: attention q/k/v/o by default; add gate_proj/up_proj/down_proj for the
+    # feed-forward (in MoE models: the shared experts)
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -159,28 +176,54 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     # "none" or "wandb" (offline automatically when no API key is configured)
     logger: str = "none"
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
-class GenerateConfig:
-    """`python -m zer02llm.generate`: sample from a trained checkpoint."""
+class SamplingOptions:
+    """What `generate` and `eval` share: the model to load and how to sample from it."""
 
-    # a checkpoint directory (…/checkpoints/step_000100 or …/checkpoints/last) or a run directory
+    # a checkpoint directory (…/checkpoints/step_0000100 or …/checkpoints/last) or a run directory
     checkpoint: Optional[str] = None
-    prompt: str = ""
+    # a LoRA adapter directory (…/checkpoints/step_N/adapter) merged into the checkpoint's weights
+    adapter: Optional[str] = None
     max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
+    temperature: float = 0.8  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 0.9  # 1: off
+    repetition_penalty: float = 1.1  # 1: off
     seed: Optional[int] = None
     device: str = "auto"
     stream: bool = True
     # null: the tokenizer the checkpoint was trained with
     tokenizer_path: Optional[str] = None
+
+
+@dataclass
+class GenerateConfig(SamplingOptions):
+    """`python -m zer02llm.generate`: continue one prompt."""
+
+    prompt: str = ""
+
+
+@dataclass
+class EvalConfig(SamplingOptions):
+    """`python -m zer02llm.eval`: talk to a model, interactively or over a list of prompts."""
+
+    # true: chat with the template (SFT models); false: plain continuation (pretrained models);
+    # null: chat when the checkpoint was trained with mode=sft
+    chat: Optional[bool] = None
+    system_prompt: Optional[str] = None
+    # earlier exchanges kept in the conversation (0: every prompt starts afresh)
+    history_turns: int = 0
+    prompts: list[str] = field(default_factory=list)
+    # a text file, one prompt per line (blank lines skipped)
+    prompts_file: Optional[str] = None
+    # where results go as JSONL ({"prompt", "response", ...} per line); null: only the terminal
+    output: Optional[str] = None
 
 
 class ConfigError(ValueError):
@@ -304,6 +347,18 @@ def validate(cfg: Config, check_files: bool = True) -> None:
         problems.append(f"hardware.device={cfg.hardware.device!r}: must be auto, cpu, cuda, cuda:N or mps")
     if cfg.hardware.device == "cpu" and cfg.hardware.dtype == "float16":
         problems.append("hardware.dtype=float16 on hardware.device=cpu: use float32 or bfloat16 on CPU")
+    if cfg.mode.name not in MODES:
+        problems.append(f"mode.name={cfg.mode.name!r}: must be one of {', '.join(MODES)}")
+    lora = cfg.lora
+    if lora.rank < 0:
+        problems.append(f"lora.rank={lora.rank}: must be >= 0 (0 turns LoRA off)")
+    if lora.rank > 0:
+        if lora.alpha <= 0:
+            problems.append(f"lora.alpha={lora.alpha}: must be > 0")
+        if not 0.0 <= lora.dropout < 1.0:
+            problems.append(f"lora.dropout={lora.dropout}: must be in [0, 1)")
+        if not lora.targets:
+            problems.append("lora.targets=[]: name at least one layer, e.g. [q_proj,v_proj]")
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
     if check_files:
@@ -312,6 +367,8 @@ def validate(cfg: Config, check_files: bool = True) -> None:
                 problems.append(f"{key}={path}: no such file (relative paths start from {os.getcwd()})")
         if cfg.tokenizer.path is not None and not os.path.isfile(os.path.join(cfg.tokenizer.path, "tokenizer.json")):
             problems.append(f"tokenizer.path={cfg.tokenizer.path}: no tokenizer.json in that directory")
+        if cfg.mode.init_from is not None and not os.path.exists(cfg.mode.init_from):
+            problems.append(f"mode.init_from={cfg.mode.init_from}: no such checkpoint or run directory")
         resume = train.resume
         if resume not in (None, "auto") and not os.path.isdir(resume):
             problems.append(f"train.resume={resume}: no such checkpoint directory (or use 'auto')")
@@ -326,6 +383,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="base_generate", node=GenerateConfig)
+    cs.store(name="base_eval", node=EvalConfig)
     # group schemas, named by the YAML files that extend them (`defaults: [dense_schema, _self_]`)
     cs.store(group="model", name="dense_schema", node=ModelConfig)
     cs.store(group="model", name="moe_schema", node=MoEConfig)

@@ -20,7 +20,9 @@ from zer02llm import checkpoint as ckpt
 from zer02llm.config import Config, ConfigError, HardwareConfig
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
-from zer02llm.model import Output, Transformer
+from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
+from zer02llm.model import IGNORE_INDEX, Output, Transformer
+from zer02llm.model.lora import apply_lora, save_adapter
 from zer02llm.resources import sample_data_path
 from zer02llm.tokenizer import Tokenizer
 from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses
@@ -50,11 +52,14 @@ def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]
     return device, DTYPES[dtype_name]
 
 
+SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl")}
+
+
 def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
     """Training and validation files; null train_path means the shipped sample corpus (and its val)."""
     if cfg.data.train_path is None:
-        val = cfg.data.val_path or str(sample_data_path("val.jsonl"))
-        return str(sample_data_path("pretrain.jsonl")), val
+        train_file, val_file = SAMPLE_FILES[cfg.mode.name]
+        return str(sample_data_path(train_file)), cfg.data.val_path or str(sample_data_path(val_file))
     return cfg.data.train_path, cfg.data.val_path
 
 
@@ -99,20 +104,30 @@ class Trainer:
         steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = (cfg.train.max_steps if cfg.train.max_steps > 0
                             else math.ceil(cfg.train.epochs * steps_per_epoch))
-        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
 
         self.model = Transformer(cfg.model).to(self.device)
+        if cfg.mode.init_from:
+            found = ckpt.resolve_checkpoint(cfg.mode.init_from)
+            ckpt.load_model_weights(self.model, found)  # weights only: optimizer and step start afresh
+            log.info("initialised the weights from %s", found)
+        if cfg.lora.rank > 0:  # after loading the base weights, before the optimizer sees the parameters
+            wrapped = apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+            log.info("LoRA rank %d on %d layers (%s)", cfg.lora.rank, len(wrapped), ", ".join(cfg.lora.targets))
         self.forward = torch.compile(self.model) if cfg.hardware.compile else self.model
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
+        self.tokens_seen = 0  # target tokens trained on (every token when pretraining; assistant tokens in SFT)
         self.wandb_id: Optional[str] = None
         self.checkpoint_root = run_dir / "checkpoints"
         self.metrics = MetricsFile(run_dir / "metrics.jsonl")
 
-    def _dataset(self, path: str) -> PackedDataset:
-        tokens = tokenize_to_cache(path, self.tokenizer, self.cfg.data.cache_dir, strict=self.cfg.data.strict)
-        return PackedDataset(tokens, self.cfg.data.seq_len)
+    def _dataset(self, path: str) -> PackedDataset | SFTDataset:
+        data = self.cfg.data
+        if self.cfg.mode.name == "sft":
+            tokens = tokenize_sft_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict)
+            return SFTDataset(tokens, data.seq_len, self.tokenizer.pad_id)
+        return PackedDataset(tokenize_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict), data.seq_len)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -120,12 +135,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     # --- one optimizer step -------------------------------------------------------------------
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, weight: float) -> Output:
+        """Backward of this micro-batch's share (`weight`) of the step's loss."""
         with self.autocast():
             out = self.forward(inputs, targets)
         # an MoE model's balance loss trains the routers; it is logged apart from the LM loss
         loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-        self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
+        self.scaler.scale(loss * weight).backward()
         return out
 
     def train_step(self) -> dict[str, Any]:
@@ -134,18 +150,22 @@ class Trainer:
         lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        batches = [self.train_data.batch(self.sampler.next_batch()) for _ in range(train.grad_accum)]
+        # every target token weighs the same in the step, however the micro-batches' counts differ (SFT)
+        counts = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
+        total = sum(counts)
         sums: dict[str, torch.Tensor] = {}
-        for _ in range(train.grad_accum):
-            inputs, targets = self.train_data.batch(self.sampler.next_batch())
+        for (inputs, targets), count in zip(batches, counts):
             if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            out = self.forward_backward(inputs, targets)
-            for name in ("loss", "aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
+            out = self.forward_backward(inputs, targets, count / total)
+            sums["loss"] = sums.get("loss", 0) + out.loss.detach().float() * (count / total)
+            for name in ("aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
                 value = getattr(out, name)
                 if value is not None:
-                    sums[name] = sums.get(name, 0) + value.detach().float()
+                    sums[name] = sums.get(name, 0) + value.detach().float() / train.grad_accum
         self.scaler.unscale_(self.optimizer)
         max_norm = train.grad_clip if train.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -153,10 +173,9 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        stats = {name: total / train.grad_accum for name, total in sums.items()}
-        if "dropped_tokens" in stats:
-            stats["dropped_tokens"] = sums["dropped_tokens"]  # a count: summed, not averaged
-        return {**stats, "grad_norm": grad_norm, "lr": lr}
+        if "dropped_tokens" in sums:
+            sums["dropped_tokens"] = sums["dropped_tokens"] * train.grad_accum  # a count: summed, not averaged
+        return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": total}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -173,8 +192,9 @@ class Trainer:
             inputs, targets = self.val_data.batch(indices)
             with self.autocast():
                 loss = self.forward(inputs.to(self.device), targets.to(self.device)).loss
-            total += loss.item() * targets.numel()
-            count += targets.numel()
+            n_targets = int((targets != IGNORE_INDEX).sum())  # SFT: assistant tokens only
+            total += loss.item() * n_targets
+            count += n_targets
         self.model.train()
         val_loss = total / count
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
@@ -186,6 +206,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
+                "tokens_seen": self.tokens_seen,
                 "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -197,11 +218,15 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.wandb_id = state.get("wandb_id")
+        self.tokens_seen = state.get("tokens_seen", 0)
 
     def save(self) -> Path:
-        config = {"model": dataclasses.asdict(self.cfg.model), "config": self.resolved_config}
+        config = {"model": dataclasses.asdict(self.cfg.model), "mode": self.cfg.mode.name,
+                  "lora": dataclasses.asdict(self.cfg.lora), "config": self.resolved_config}
         path = ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model, self.state_dict(), config,
                                     self.tokenizer.path, self.cfg.train.keep_checkpoints)
+        if self.cfg.lora.rank > 0:  # the adapters alone too: a small file to ship or merge later
+            save_adapter(self.model, path / "adapter", {"step": self.step, "model": dataclasses.asdict(self.cfg.model)})
         log.info("saved checkpoint %s", path)
         return path
 
@@ -213,8 +238,7 @@ class Trainer:
                 return
         else:
             found = ckpt.resolve_checkpoint(where)
-        ckpt.check_model_config(ckpt.read_checkpoint_config(found)["model"], self.cfg.model, found)
-        ckpt.load_weights(self.model, found)
+        ckpt.load_model_weights(self.model, found)
         self.load_state_dict(ckpt.load_trainer_state(found, self.device))
         self.metrics.truncate_after(self.step)
         log.info("resumed from %s at step %d", found, self.step)
@@ -226,11 +250,15 @@ class Trainer:
             self.resume(cfg.train.resume)
         n_params, n_active = self.model.num_params(), self.model.num_params(active=True)
         active = f", {n_active / 1e6:.2f}M active per token" if n_active != n_params else ""
+        n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if n_trainable != n_params:
+            active += f", {n_trainable / 1e6:.3f}M trainable"
         log.info("model %s: %.2fM parameters (%.2fM without embeddings%s), device %s, dtype %s", cfg.model.name,
                  n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, active, self.device,
                  str(self.dtype).replace("torch.", ""))
-        log.info("data: %d training sequences of %d tokens; %d steps of %d tokens", len(self.train_data),
-                 cfg.data.seq_len, self.total_steps, self.tokens_per_step)
+        log.info("data (%s): %d training sequences of up to %d tokens; %d steps of %d x %d sequences",
+                 cfg.mode.name, len(self.train_data), cfg.data.seq_len, self.total_steps, cfg.train.grad_accum,
+                 cfg.train.batch_size)
         tracker = None
         if cfg.logger == "wandb":
             tracker = WandbLogger(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, list(cfg.wandb.tags),
@@ -239,7 +267,7 @@ class Trainer:
         self.model.train()
         last: dict[str, float] = {}
         saved_step = self.step
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         fit_start, fit_start_step = window_start, self.step
         # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -249,14 +277,15 @@ class Trainer:
                 while self.step < self.total_steps:
                     stats = self.train_step()
                     window_steps += 1
+                    window_tokens += stats["tokens"]
+                    self.tokens_seen += stats["tokens"]
                     bar.update(1)
                     row: dict[str, float] = {}
                     if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
                         row = {"step": self.step, "loss": stats["loss"].item(), "lr": stats["lr"],
                                "grad_norm": stats["grad_norm"].item(),
-                               "tokens_per_s": window_steps * self.tokens_per_step / elapsed,
-                               "tokens": self.step * self.tokens_per_step}
+                               "tokens_per_s": window_tokens / elapsed, "tokens": self.tokens_seen}
                         row.update(moe_metrics(stats))
                         if not math.isfinite(row["loss"]):
                             raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower "
@@ -269,7 +298,7 @@ class Trainer:
                         log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", self.step,
                                  self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
                                  moe, _format_seconds(eta))
-                        window_start, window_steps = time.perf_counter(), 0
+                        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
                     if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
                                                       or self.step == self.total_steps):
                         row = {"step": self.step, **row, **self.evaluate()}

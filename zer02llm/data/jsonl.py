@@ -37,7 +37,8 @@ class BadLines:
 
 def check_readable(path: str | os.PathLike, what: str = "data file") -> None:
     if not os.path.isfile(path):
-        raise DataError(f"{what} {path} does not exist (relative paths start from {os.getcwd()})")
+        where = "" if os.path.isabs(path) else f" (relative paths start from {os.getcwd()})"
+        raise DataError(f"{what} {path} does not exist{where}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{what} {path} is empty: expected one JSON object per line")
 

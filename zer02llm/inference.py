@@ -1,0 +1,92 @@
+"""Loading a trained model for generation and streaming its replies (shared by generate and eval)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from zer02llm import checkpoint as ckpt
+from zer02llm import sampling
+from zer02llm.config import ConfigError, SamplingOptions, model_config_from_dict, model_problems
+from zer02llm.model import Transformer
+from zer02llm.model.lora import apply_lora, load_adapter, load_lora_state_dict, merge_lora
+from zer02llm.tokenizer import StreamDecoder, Tokenizer
+
+
+@dataclass
+class Loaded:
+    model: Transformer  # eval mode, LoRA adapters merged
+    tokenizer: Tokenizer
+    checkpoint: Path
+    mode: str  # the training mode of the checkpoint: "pretrain" or "sft"
+
+
+@dataclass
+class Reply:
+    text: str
+    num_tokens: int
+    seconds: float
+
+
+def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[str] = None,
+                       tokenizer_path: Optional[str] = None) -> Loaded:
+    """A checkpoint (or run directory) as a model ready to sample from, adapters merged in."""
+    path = ckpt.resolve_checkpoint(checkpoint)
+    saved = ckpt.read_checkpoint_config(path)
+    model_cfg = model_config_from_dict(saved["model"])
+    if problems := model_problems(model_cfg):
+        raise ConfigError(f"{path}/config.json holds an invalid model config: " + "; ".join(problems))
+    model = Transformer(model_cfg)
+    lora = saved.get("lora") or {}
+    if lora.get("rank", 0) > 0:  # a LoRA run's checkpoint: base weights and adapters together
+        apply_lora(model, lora["rank"], lora["alpha"], 0.0, lora["targets"])
+    ckpt.load_weights(model, path)
+    if adapter is not None:
+        if lora.get("rank", 0) > 0:
+            raise ConfigError(f"adapter={adapter}: checkpoint {path} already carries LoRA adapters")
+        tensors, meta = load_adapter(adapter)
+        if meta.get("model") not in (None, saved["model"]):
+            ckpt.check_model_config(meta["model"], model_cfg, Path(adapter))
+        apply_lora(model, meta["rank"], meta["alpha"], 0.0, meta["targets"])
+        load_lora_state_dict(model, tensors)
+    merge_lora(model)  # plain linear layers again: no adapter cost per token
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = Tokenizer.load(tokenizer_path or path / "tokenizer")
+    return Loaded(model.to(device).eval(), tokenizer, path, saved.get("mode", "pretrain"))
+
+
+def check_sampling(options: SamplingOptions) -> sampling.SamplingParams:
+    if not options.checkpoint:
+        raise ConfigError("checkpoint=<dir> is required: a checkpoint (…/checkpoints/last) or a run directory")
+    if options.max_new_tokens <= 0:
+        raise ConfigError(f"max_new_tokens={options.max_new_tokens}: must be > 0")
+    return sampling.SamplingParams(options.temperature, options.top_k, options.top_p, options.repetition_penalty)
+
+
+def stream_reply(loaded: Loaded, prompt_ids: list[int], options: SamplingOptions, params: sampling.SamplingParams,
+                 write: Optional[Callable[[str], None]] = None, stop_id: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> Reply:
+    """Sample a reply, handing each decoded piece to `write` as it comes (whole characters only)."""
+    decoder = StreamDecoder(loaded.tokenizer)
+    pieces: list[str] = []
+    started, count = time.perf_counter(), 0
+    stop = loaded.tokenizer.eos_id if stop_id is None else stop_id
+    for token in sampling.generate(loaded.model, prompt_ids, options.max_new_tokens, params, stop, generator):
+        count += 1
+        pieces.append(decoder.push(token))
+        if write is not None and pieces[-1]:
+            write(pieces[-1])
+    pieces.append(decoder.flush())
+    if write is not None and pieces[-1]:
+        write(pieces[-1])
+    return Reply("".join(pieces), count, time.perf_counter() - started)
+
+
+def make_generator(loaded: Loaded, seed: Optional[int]) -> Optional[torch.Generator]:
+    device = loaded.model.tok_embeddings.weight.device
+    return torch.Generator(device).manual_seed(seed) if seed is not None else None
