@@ -11,8 +11,17 @@ The output depends only on `--seed` (and the sizes). The training and validation
 from separate random streams, and a validation document that also appears in the training file
 is left out, so the two files share no document.
 
+It also writes a small supervised fine-tuning (SFT) sample, `sft.jsonl` and `sft_val.jsonl`, in
+minimind's SFT format: one `{"conversations": [{"role": ..., "content": ...}, ...]}` per line.
+The conversations ask about the same little world (sums, word problems, shopping, legs, colours,
+days and months, animal facts, counting, short stories), with the same 60/40 language split;
+about 70% have one question, 20% a follow-up too, and 10% start with a system prompt. They come
+from two more random streams of their own (so adding them did not change the pretraining files),
+share no conversation, and are checked after writing: the format, and every sum, leg count, day,
+month, count and colour mix in the answers, recomputed from the text.
+
     python scripts/make_sample_corpus.py                 # the shipped files (seed 0)
-    python scripts/make_sample_corpus.py --train-kb 50 --val-kb 5 --out-dir /tmp/tiny
+    python scripts/make_sample_corpus.py --train-kb 50 --val-kb 5 --sft-kb 12 --sft-val-kb 2 --out-dir /tmp/tiny
 
 Standard library only.
 """
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -921,14 +931,880 @@ def write_corpus(path: Path, rng: random.Random, target_bytes: int, avoid: set[s
     return dict(path=path, bytes=size, lines=lines, skipped_duplicates=skipped, **per_lang)
 
 
+# ============================================================================================
+# Supervised fine-tuning (SFT) sample: short conversations about the same little world, so that
+# a model pretrained on the documents above can learn to answer questions about them.
+#
+# A topic generator returns two (question, answer) pairs: a question that stands on its own and a
+# follow-up about the same topic. A single-turn conversation keeps only the first pair.
+# ============================================================================================
+
+QA = tuple[str, str]
+SFT_SHAPES = ["single"] * 7 + ["two"] * 2 + ["system"]  # dealt in shuffled blocks of ten
+SFT_SYSTEM_FOLLOW_UP = 0.25  # share of the system-prompt conversations that also have a follow-up
+SFT_ROLES = ("system", "user", "assistant")
+SYSTEM_PROMPTS = {
+    "en": ["You are a helpful assistant.",
+           "You are a friendly assistant. Give short and correct answers.",
+           "You are a patient teacher for young children.",
+           "Answer every question in one or two short sentences."],
+    "zh": ["你是一个乐于助人的助手。",
+           "你是一个友好的助手，回答要简短、准确。",
+           "你是一位耐心的小学老师。",
+           "请用一两句话回答每个问题。"],
+}
+
+# Animals whose legs can be asked about: English singular and plural, legs, Chinese name and
+# measure word. The story animals with a leg count, plus two that the animal facts mention.
+LEG_ANIMALS = {k: (a["en"], a["en_pl"], a["legs"], a["zh"], a["mw"]) for k, a in ANIMALS.items() if a["legs"]}
+LEG_ANIMALS.update({"spider": ("spider", "spiders", 8, "蜘蛛", "只"), "bee": ("bee", "bees", 6, "蜜蜂", "只")})
+FARM_LEG_ANIMALS = [k for k in FARM_ANIMALS if ANIMALS[k]["legs"]]
+FLYING_ANIMALS = ["bird", "owl", "duck"]
+
+# Where a story happened, for the follow-up "Where did ... see the ...?"
+EN_PLACE_NAMES = {"park": "in the park", "garden": "in the garden", "forest": "in the forest",
+                  "beach": "at the beach", "farm": "on the farm", "river": "by the river",
+                  "hill": "on the hill"}
+ZH_PLACE_NAMES = {"park": "公园", "garden": "花园", "forest": "森林", "beach": "海边", "farm": "农场",
+                  "river": "河边", "hill": "小山"}
+
+# Questions about colours, with answers that repeat the corpus's colour facts.
+COLOUR_QA = [
+    ("What colour is the sky on a clear day?", "On a clear day, the sky is blue.",
+     "晴天的时候，天空是什么颜色的？", "晴天的时候，天空是蓝色的。"),
+    ("What colour is grass?", "Grass is green.", "草是什么颜色的？", "草是绿色的。"),
+    ("What colour is snow?", "Snow is white.", "雪是什么颜色的？", "雪是白色的。"),
+    ("What colour is a ripe banana?", "A ripe banana is yellow.", "熟了的香蕉是什么颜色的？", "熟了的香蕉是黄色的。"),
+    ("What colour are strawberries?", "Strawberries are red.", "草莓是什么颜色的？", "草莓是红色的。"),
+    ("What colour is coal?", "Coal is black.", "煤是什么颜色的？", "煤是黑色的。"),
+    ("What colour are carrots?", "Carrots are orange.", "胡萝卜是什么颜色的？", "胡萝卜是橙色的。"),
+    ("What colour is chocolate?", "Chocolate is brown.", "巧克力是什么颜色的？", "巧克力是棕色的。"),
+    ("What colour are grapes?", "Some grapes are green and some are purple.",
+     "葡萄是什么颜色的？", "葡萄有绿色的，也有紫色的。"),
+    ("What colour are lemons?", "Lemons are yellow.", "柠檬是什么颜色的？", "柠檬是黄色的。"),
+    ("What colour are most leaves in summer?", "Most leaves are green in summer.",
+     "夏天，大多数树叶是什么颜色的？", "夏天，大多数树叶是绿色的。"),
+    ("What colour do leaves turn in autumn?", "Many leaves turn yellow or red in autumn.",
+     "秋天，树叶会变成什么颜色？", "秋天，很多树叶会变成黄色或红色。"),
+]
+# Colour mixing: the two colours and the result (keys of COLOURS).
+COLOUR_MIX_KEYS = [("blue", "yellow", "green"), ("red", "yellow", "orange"), ("red", "blue", "purple"),
+                   ("red", "white", "pink"), ("black", "white", "grey")]
+
+# Animal facts as questions: (group, English question, English answer, Chinese question, Chinese answer).
+ANIMAL_QA = [
+    ("sound", "What does a dog say?", "A dog says woof.", "小狗怎么叫？", "小狗汪汪叫。"),
+    ("sound", "What does a cat say?", "A cat says meow.", "小猫怎么叫？", "小猫喵喵叫。"),
+    ("sound", "What sound does a cow make?", "A cow says moo.", "牛是怎么叫的？", "牛哞哞叫。"),
+    ("sound", "What sound does a duck make?", "A duck says quack.", "鸭子是怎么叫的？", "鸭子嘎嘎叫。"),
+    ("sound", "What does a sheep say?", "A sheep says baa.", "小羊怎么叫？", "小羊咩咩叫。"),
+    ("can", "Can birds fly?", "Yes, birds can fly.", "鸟会飞吗？", "会，鸟会飞。"),
+    ("can", "Can fish swim?", "Yes, fish can swim. They live in water.", "鱼会游泳吗？", "会，鱼会游泳，它们生活在水里。"),
+    ("can", "Can ducks swim?", "Yes, ducks can swim, and they can fly too.", "鸭子会游泳吗？", "会，鸭子会游泳，也会飞。"),
+    ("can", "Can frogs jump?", "Yes, frogs can jump very far.", "青蛙会跳吗？", "会，青蛙能跳得很远。"),
+    ("can", "Can a turtle fly?", "No, a turtle cannot fly. It walks slowly and carries its shell on its back.",
+     "乌龟会飞吗？", "不会，乌龟不会飞。它爬得很慢，背着自己的壳。"),
+    ("can", "Can a pig fly?", "No, pigs cannot fly.", "猪会飞吗？", "不会，猪不会飞。"),
+    ("can", "Can a cow fly?", "No, cows cannot fly. They walk on four legs.", "牛会飞吗？", "不会，牛不会飞，它用四条腿走路。"),
+    ("what", "What do hens lay?", "Hens lay eggs.", "母鸡会下什么？", "母鸡会下蛋。"),
+    ("what", "What do cows give us?", "Cows give us milk.", "奶牛给我们提供什么？", "奶牛给我们提供牛奶。"),
+    ("what", "What do bees make?", "Bees make honey.", "蜜蜂会酿什么？", "蜜蜂会酿蜂蜜。"),
+    ("what", "What do rabbits like to eat?", "Rabbits like to eat carrots.", "兔子喜欢吃什么？", "兔子喜欢吃胡萝卜。"),
+    ("what", "When are owls awake?", "Owls are awake at night.", "猫头鹰什么时候活动？", "猫头鹰在夜里活动。"),
+    ("what", "What do squirrels do with nuts?", "Squirrels hide nuts for the winter.",
+     "松鼠会怎样处理坚果？", "松鼠会把坚果藏起来过冬。"),
+    ("what", "Where do fish live?", "Fish live in water.", "鱼生活在哪里？", "鱼生活在水里。"),
+    ("what", "What does a turtle carry on its back?", "A turtle carries its shell on its back.",
+     "乌龟背上背着什么？", "乌龟背着自己的壳。"),
+]
+
+GREETINGS = [  # (English question, English answer, Chinese question, Chinese answer)
+    ("Hello!", "Hello! How can I help you today?", "你好！", "你好！有什么可以帮你的吗？"),
+    ("Good morning!", "Good morning! What would you like to know?", "早上好！", "早上好！你想知道什么呢？"),
+    ("Who are you?", "I am a small assistant. I can answer simple questions about numbers, colours, days and animals.",
+     "你是谁？", "我是一个小助手，可以回答关于数字、颜色、星期和动物的简单问题。"),
+    ("What can you do?", "I can do simple sums, tell you about animals and colours, and tell short stories.",
+     "你会做什么？", "我会做简单的算术，讲讲动物和颜色，还会讲小故事。"),
+]
+THANKS = [("Thank you!", "You are welcome!", "谢谢你！", "不客气！"),
+          ("Thanks a lot.", "You are welcome. Have a nice day!", "非常感谢。", "不用谢，祝你今天开心！")]
+
+OPS = {"+": ("plus", "加"), "-": ("minus", "减"), "*": ("times", "乘以"), "/": ("divided by", "除以")}
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+
+
+def _sum(rng: random.Random) -> tuple[int, str, int]:
+    """An arithmetic question in the corpus's ranges: a + b, a - b (not negative) or a * b."""
+    op = rng.choice("+-*")
+    if op == "+":
+        return rng.randint(1, 20), op, rng.randint(1, 20)
+    if op == "-":
+        a = rng.randint(2, 30)
+        return a, op, rng.randint(1, a)
+    return rng.randint(2, 10), op, rng.randint(2, 10)
+
+
+def _next_step(rng: random.Random, c: int) -> tuple[str, int]:
+    """A second step on the result c: add or take away a small number (never below zero, never over 100)."""
+    if c >= 2 and (rng.random() < 0.5 or c > 91):
+        return "-", rng.randint(1, min(c, 9))
+    return "+", rng.randint(1, 9)
+
+
+def _en_eq(a: int, op: str, b: int, fmt: Callable[[int], str]) -> str:
+    return f"{fmt(a)} {OPS[op][0]} {fmt(b)} is {fmt(_apply(a, op, b))}"
+
+
+def _zh_eq(a: int, op: str, b: int, fmt: Callable[[int], str]) -> str:
+    return f"{fmt(a)}{OPS[op][1]}{fmt(b)}等于{fmt(_apply(a, op, b))}"
+
+
+def sft_en_arithmetic(rng: random.Random) -> list[QA]:
+    fmt = en_num if rng.random() < 0.35 else str
+    a, op, b = _sum(rng)
+    c = _apply(a, op, b)
+    expr = f"{fmt(a)} {OPS[op][0]} {fmt(b)}"
+    q = rng.choice([f"What is {expr}?", f"What is {expr}?", f"How much is {expr}?",
+                    f"Can you tell me what {expr} is?", f"What does {expr} equal?"])
+    verb = "equals" if q.startswith("What does") else "is"
+    first = (q, cap(f"{expr} {verb} {fmt(c)}."))
+    other_ops = [o for o in "+-*" if o != op and (o != "-" or a >= b) and (o != "*" or a * b <= 100)]
+    if rng.random() < 0.5 or not other_ops:
+        op2, d = _next_step(rng, c)
+        follow = (rng.choice([f"And what is that {OPS[op2][0]} {fmt(d)}?",
+                              f"Now {'add' if op2 == '+' else 'take away'} {fmt(d)}. What do you get?"]),
+                  cap(f"{_en_eq(c, op2, d, fmt)}."))
+    else:
+        op2 = rng.choice(other_ops)
+        follow = (f"What about {fmt(a)} {OPS[op2][0]} {fmt(b)}?", cap(f"{_en_eq(a, op2, b, fmt)}."))
+    return [first, follow]
+
+
+def sft_zh_arithmetic(rng: random.Random) -> list[QA]:
+    fmt = zh_num if rng.random() < 0.35 else str
+    a, op, b = _sum(rng)
+    expr = f"{fmt(a)}{OPS[op][1]}{fmt(b)}"
+    q = rng.choice([f"{expr}等于多少？", f"{expr}等于几？", f"{expr}是多少？", f"请问{expr}等于多少？",
+                    f"你知道{expr}等于几吗？"])
+    first = (q, f"{_zh_eq(a, op, b, fmt)}。")
+    c = _apply(a, op, b)
+    other_ops = [o for o in "+-*" if o != op and (o != "-" or a >= b) and (o != "*" or a * b <= 100)]
+    if rng.random() < 0.5 or not other_ops:
+        op2, d = _next_step(rng, c)
+        follow = (f"{'再加上' if op2 == '+' else '再减去'}{fmt(d)}呢？", f"{_zh_eq(c, op2, d, fmt)}。")
+    else:
+        op2 = rng.choice(other_ops)
+        follow = (f"那{fmt(a)}{OPS[op2][1]}{fmt(b)}呢？", f"{_zh_eq(a, op2, b, fmt)}。")
+    return [first, follow]
+
+
+def sft_en_word_problem(rng: random.Random) -> list[QA]:
+    name, g = pick_person(rng, "en")
+    p, obj, poss = EN_PRONOUNS[g]
+    food = rng.random() < 0.5
+    sing, plur, _, _ = rng.choice(FOODS if food else THINGS)
+    fmt = en_num if rng.random() < 0.7 else str
+    cnt = lambda n: f"{fmt(n)} {sing if n == 1 else plur}"  # noqa: E731
+    kind = rng.choice(["less", "more", "share"])
+    if kind == "less":
+        a = rng.randint(3, 15)
+        b = rng.randint(1, a - 1)
+        if food and rng.random() < 0.5:
+            act = f"ate {fmt(b)} of them"
+        else:
+            act = f"gave {fmt(b)} of them to {pick_person(rng, 'en', name)[0]}"
+        q = f"{name} had {cnt(a)}. {cap(p)} {act}. How many {plur} does {p} have now?"
+        first = (q, f"{name} has {cnt(a - b)} left, because {_en_eq(a, '-', b, fmt)}.")
+        rel = rng.choice(RELATIVES)[0]
+        d = rng.randint(1, 8)
+        follow = (f"Then {poss} {rel} gives {obj} {fmt(d)} more. How many does {p} have now?",
+                  f"Now {p} has {cnt(a - b + d)}, because {_en_eq(a - b, '+', d, fmt)}.")
+    elif kind == "more":
+        a, b = rng.randint(1, 12), rng.randint(1, 8)
+        rel = rng.choice(RELATIVES)[0]
+        q = f"{name} had {cnt(a)}. {cap(poss)} {rel} gave {obj} {fmt(b)} more. How many {plur} does {p} have now?"
+        first = (q, f"{cap(p)} has {cnt(a + b)} now, because {_en_eq(a, '+', b, fmt)}.")
+        d = rng.randint(1, a + b - 1)
+        verb = "eats" if food else "gives away"
+        follow = (f"If {p} {verb} {fmt(d)} of them, how many are left?",
+                  f"{cap(cnt(a + b - d))} {'is' if a + b - d == 1 else 'are'} left, "
+                  f"because {_en_eq(a + b, '-', d, fmt)}.")
+    else:
+        each, k = rng.randint(1, 5), rng.randint(2, 5)
+        among = "between" if k == 2 else "among"
+        q = (f"{name} has {cnt(each * k)} and wants to share them equally {among} {fmt(k)} friends. "
+             f"How many does each friend get?")
+        first = (q, f"Each friend gets {cnt(each)}, because {_en_eq(each * k, '/', k, fmt)}.")
+        follow = (f"How many {plur} would {p} need to give each friend {fmt(each + 1)}?",
+                  f"{cap(p)} would need {cnt(k * (each + 1))}, because {_en_eq(k, '*', each + 1, fmt)}.")
+    return [first, follow]
+
+
+def sft_zh_word_problem(rng: random.Random) -> list[QA]:
+    name, g = pick_person(rng, "zh")
+    p = ZH_PRONOUNS[g]
+    food = rng.random() < 0.5
+    _, _, mw, item = rng.choice(FOODS if food else THINGS)
+    hanzi = rng.random() < 0.7
+    cnt = zh_count if hanzi else str  # before a measure word
+    num = zh_num if hanzi else str  # in an equation
+    kind = rng.choice(["less", "more", "share"])
+    if kind == "less":
+        a = rng.randint(3, 15)
+        b = rng.randint(1, a - 1)
+        if food and rng.random() < 0.5:
+            act = f"吃了{cnt(b)}{mw}"
+        else:
+            act = f"送给了{pick_person(rng, 'zh', name)[0]}{cnt(b)}{mw}"
+        first = (f"{name}有{cnt(a)}{mw}{item}，{p}{act}。{p}还剩下几{mw}{item}？",
+                 f"{p}还剩下{cnt(a - b)}{mw}{item}，因为{_zh_eq(a, '-', b, num)}。")
+        rel = rng.choice(RELATIVES)[1]
+        d = rng.randint(1, 8)
+        follow = (f"后来{rel}又给了{p}{cnt(d)}{mw}，现在{p}有几{mw}？",
+                  f"现在{p}有{cnt(a - b + d)}{mw}{item}，因为{_zh_eq(a - b, '+', d, num)}。")
+    elif kind == "more":
+        a, b = rng.randint(1, 12), rng.randint(1, 8)
+        rel = rng.choice(RELATIVES)[1]
+        first = (f"{name}有{cnt(a)}{mw}{item}，{rel}又给了{p}{cnt(b)}{mw}。现在{p}一共有几{mw}{item}？",
+                 f"现在{p}一共有{cnt(a + b)}{mw}{item}，因为{_zh_eq(a, '+', b, num)}。")
+        d = rng.randint(1, a + b - 1)
+        follow = (f"如果{p}{'吃掉' if food else '送出去'}{cnt(d)}{mw}，还剩几{mw}？",
+                  f"还剩{cnt(a + b - d)}{mw}，因为{_zh_eq(a + b, '-', d, num)}。")
+    else:
+        each, k = rng.randint(1, 5), rng.randint(2, 5)
+        first = (f"{name}有{cnt(each * k)}{mw}{item}，想平均分给{cnt(k)}个朋友。每个朋友能分到几{mw}？",
+                 f"每个朋友能分到{cnt(each)}{mw}{item}，因为{_zh_eq(each * k, '/', k, num)}。")
+        follow = (f"如果每个朋友要分到{cnt(each + 1)}{mw}，一共需要几{mw}{item}？",
+                  f"一共需要{cnt(k * (each + 1))}{mw}{item}，因为{_zh_eq(k, '*', each + 1, num)}。")
+    return [first, follow]
+
+
+def _change(total: int) -> int:
+    """A note to pay with that is larger than the total."""
+    return min(v for v in (5, 10, 20, 50) if v > total)
+
+
+def sft_en_shopping(rng: random.Random) -> list[QA]:
+    (s1, pl1, _, _), (s2, pl2, _, _) = rng.sample(FOODS, 2)
+    n1, n2 = rng.randint(2, 6), rng.randint(2, 6)
+    c1, c2 = rng.randint(1, 5), rng.randint(1, 5)
+    fmt = en_num if rng.random() < 0.5 else str
+    coins = lambda n: f"{fmt(n)} {'coin' if n == 1 else 'coins'}"  # noqa: E731
+    t1 = n1 * c1
+    first = (rng.choice([f"At the market, each {s1} costs {coins(c1)}. How much do {fmt(n1)} {pl1} cost?",
+                         f"One {s1} costs {coins(c1)}. How much do I pay for {fmt(n1)} {pl1}?"]),
+             f"{cap(fmt(n1))} {pl1} cost {coins(t1)}, because {_en_eq(n1, '*', c1, fmt)}.")
+    if rng.random() < 0.5:
+        t2 = n2 * c2
+        follow = (f"And if I also buy {fmt(n2)} {pl2} at {coins(c2)} each, how much is that altogether?",
+                  f"The {pl2} cost {coins(t2)}, so altogether you pay {coins(t1 + t2)}, "
+                  f"because {_en_eq(t1, '+', t2, fmt)}.")
+    else:
+        pay = _change(t1)
+        follow = (f"If I pay with {coins(pay)}, how much change do I get?",
+                  f"You get {coins(pay - t1)} back, because {_en_eq(pay, '-', t1, fmt)}.")
+    return [first, follow]
+
+
+def sft_zh_shopping(rng: random.Random) -> list[QA]:
+    (_, _, m1, f1), (_, _, m2, f2) = rng.sample(FOODS, 2)
+    n1, n2 = rng.randint(2, 6), rng.randint(2, 6)
+    c1, c2 = rng.randint(1, 5), rng.randint(1, 5)
+    hanzi = rng.random() < 0.5
+    cnt, num = (zh_count, zh_num) if hanzi else (str, str)
+    t1 = n1 * c1
+    first = (rng.choice([f"每{m1}{f1}{cnt(c1)}元，买{cnt(n1)}{m1}{f1}要多少钱？",
+                         f"在市场上，{f1}{cnt(c1)}元一{m1}。{cnt(n1)}{m1}{f1}一共多少钱？"]),
+             f"{cnt(n1)}{m1}{f1}一共{cnt(t1)}元，因为{_zh_eq(n1, '*', c1, num)}。")
+    if rng.random() < 0.5:
+        t2 = n2 * c2
+        follow = (f"如果再买{cnt(n2)}{m2}{f2}，每{m2}{cnt(c2)}元，一共要付多少钱？",
+                  f"{f2}要{cnt(t2)}元，所以一共要付{cnt(t1 + t2)}元，因为{_zh_eq(t1, '+', t2, num)}。")
+    else:
+        pay = _change(t1)
+        follow = (f"如果我付{cnt(pay)}元，应该找回多少钱？",
+                  f"应该找回{cnt(pay - t1)}元，因为{_zh_eq(pay, '-', t1, num)}。")
+    return [first, follow]
+
+
+def _en_legs_answer(n: int, key: str, fmt: Callable[[int], str]) -> str:
+    sing, plur, legs, _, _ = LEG_ANIMALS[key]
+    return (f"{cap(fmt(n))} {plur} have {fmt(n * legs)} legs, because each {sing} has {fmt(legs)} legs "
+            f"and {_en_eq(n, '*', legs, fmt)}.")
+
+
+def sft_en_legs(rng: random.Random) -> list[QA]:
+    fmt = en_num if rng.random() < 0.6 else str
+    kind = rng.choice(["one", "one", "many", "farm"])
+    if kind == "farm":
+        k1, k2 = rng.sample(FARM_LEG_ANIMALS, 2)
+        (s1, p1, l1, _, _), (s2, p2, l2, _, _) = LEG_ANIMALS[k1], LEG_ANIMALS[k2]
+        n1, n2 = rng.randint(2, 6), rng.randint(2, 6)
+        total = n1 * l1 + n2 * l2
+        first = (f"On a farm there are {fmt(n1)} {p1} and {fmt(n2)} {p2}. How many legs are there in total?",
+                 f"The {fmt(n1)} {p1} have {fmt(n1 * l1)} legs and the {fmt(n2)} {p2} have {fmt(n2 * l2)} legs. "
+                 f"{cap(_en_eq(n1 * l1, '+', n2 * l2, fmt))}, so there are {fmt(total)} legs in total.")
+        follow = (f"What if one more {s1} came?",
+                  f"Then there would be {fmt(total + l1)} legs, because {_en_eq(total, '+', l1, fmt)}.")
+        return [first, follow]
+    key = rng.choice(list(LEG_ANIMALS))
+    sing, plur, legs, _, _ = LEG_ANIMALS[key]
+    n = rng.randint(2, 6)
+    one = (rng.choice([f"How many legs does {a_an(sing)} have?", f"How many legs has {a_an(sing)} got?"]),
+           f"{cap(a_an(sing))} has {fmt(legs)} legs.")
+    many = (f"How many legs do {fmt(n)} {plur} have?", _en_legs_answer(n, key, fmt))
+    if kind == "one":
+        return [one, (f"And how many legs do {fmt(n)} {plur} have?", _en_legs_answer(n, key, fmt))]
+    return [many, (f"How many legs does one {sing} have?", f"One {sing} has {fmt(legs)} legs.")]
+
+
+def sft_zh_legs(rng: random.Random) -> list[QA]:
+    hanzi = rng.random() < 0.7
+    cnt, num = (zh_count, zh_num) if hanzi else (str, str)
+    kind = rng.choice(["one", "one", "many", "farm"])
+    if kind == "farm":
+        k1, k2 = rng.sample(FARM_LEG_ANIMALS, 2)
+        (_, _, l1, z1, m1), (_, _, l2, z2, m2) = LEG_ANIMALS[k1], LEG_ANIMALS[k2]
+        n1, n2 = rng.randint(2, 6), rng.randint(2, 6)
+        total = n1 * l1 + n2 * l2
+        first = (f"农场里有{cnt(n1)}{m1}{z1}和{cnt(n2)}{m2}{z2}，一共有几条腿？",
+                 f"{cnt(n1)}{m1}{z1}有{cnt(n1 * l1)}条腿，{cnt(n2)}{m2}{z2}有{cnt(n2 * l2)}条腿。"
+                 f"{_zh_eq(n1 * l1, '+', n2 * l2, num)}，所以一共有{cnt(total)}条腿。")
+        follow = (f"如果再来一{m1}{z1}呢？",
+                  f"那就一共有{cnt(total + l1)}条腿，因为{_zh_eq(total, '+', l1, num)}。")
+        return [first, follow]
+    key = rng.choice(list(LEG_ANIMALS))
+    _, _, legs, zh, mw = LEG_ANIMALS[key]
+    n = rng.randint(2, 6)
+    one = (rng.choice([f"一{mw}{zh}有几条腿？", f"{zh}有几条腿？"]), f"一{mw}{zh}有{cnt(legs)}条腿。")
+    many_a = (f"{cnt(n)}{mw}{zh}一共有{cnt(n * legs)}条腿，因为每{mw}{zh}有{cnt(legs)}条腿，"
+              f"{_zh_eq(n, '*', legs, num)}。")
+    if kind == "one":
+        return [one, (f"那{cnt(n)}{mw}{zh}一共有几条腿？", many_a)]
+    return [(f"{cnt(n)}{mw}{zh}一共有几条腿？", many_a), (f"一{mw}{zh}有几条腿？", f"一{mw}{zh}有{cnt(legs)}条腿。")]
+
+
+def _list_en(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _list_zh(words: list[str], conj: str) -> str:
+    return words[0] if len(words) == 1 else "、".join(words[:-1]) + conj + words[-1]
+
+
+def _en_animal_colour(key: str) -> str:
+    a = ANIMALS[key]
+    names = [COLOURS[c][0] for c in a["colours"]]
+    if len(names) <= 2:
+        return f"{cap(a_an(a['en']))} is usually {_list_en(names)}."
+    return f"{cap(a['en_pl'])} can be {_list_en(names)}."
+
+
+def _zh_animal_colour(key: str) -> str:
+    a = ANIMALS[key]
+    names = [COLOURS[c][1] for c in a["colours"]]
+    if len(names) <= 2:
+        return f"{a['zh']}通常是{_list_zh(names, '或')}的。"
+    return f"{a['zh']}有{_list_zh(names, '和')}的。"
+
+
+def sft_en_colours(rng: random.Random) -> list[QA]:
+    kind = rng.choice(["animal", "fact", "fact", "mix"])
+    if kind == "animal":
+        k1, k2 = rng.sample(list(ANIMALS), 2)
+        return [(f"What colour is {a_an(ANIMALS[k1]['en'])}?", _en_animal_colour(k1)),
+                (f"What about {a_an(ANIMALS[k2]['en'])}?", _en_animal_colour(k2))]
+    if kind == "fact":
+        (q1, a1, _, _), (q2, a2, _, _) = rng.sample(COLOUR_QA, 2)
+        return [(q1, a1), ("And " + q2[0].lower() + q2[1:], a2)]
+    (x1, y1, z1), (x2, y2, z2) = rng.sample(COLOUR_MIX_KEYS, 2)
+    if rng.random() < 0.5:
+        x1, y1 = y1, x1
+    return [(rng.choice([f"What colour do you get when you mix {x1} and {y1}?",
+                         f"What colour do {x1} and {y1} make?"]), f"{cap(x1)} and {y1} make {z1}."),
+            (f"And {x2} and {y2}?", f"{cap(x2)} and {y2} make {z2}.")]
+
+
+def sft_zh_colours(rng: random.Random) -> list[QA]:
+    kind = rng.choice(["animal", "fact", "fact", "mix"])
+    if kind == "animal":
+        k1, k2 = rng.sample(list(ANIMALS), 2)
+        return [(f"{ANIMALS[k1]['zh']}是什么颜色的？", _zh_animal_colour(k1)),
+                (f"那{ANIMALS[k2]['zh']}呢？", _zh_animal_colour(k2))]
+    if kind == "fact":
+        (_, _, q1, a1), (_, _, q2, a2) = rng.sample(COLOUR_QA, 2)
+        return [(q1, a1), ("那" + q2, a2)]
+    (x1, y1, z1), (x2, y2, z2) = rng.sample(COLOUR_MIX_KEYS, 2)
+    if rng.random() < 0.5:
+        x1, y1 = y1, x1
+    c = lambda k: COLOURS[k][1]  # noqa: E731
+    return [(rng.choice([f"{c(x1)}和{c(y1)}混在一起是什么颜色？", f"把{c(x1)}和{c(y1)}混在一起，会变成什么颜色？"]),
+             f"{c(x1)}和{c(y1)}混在一起会变成{c(z1)}。"),
+            (f"那{c(x2)}和{c(y2)}呢？", f"{c(x2)}和{c(y2)}混在一起会变成{c(z2)}。")]
+
+
+def sft_en_calendar(rng: random.Random) -> list[QA]:
+    i = rng.randrange(7)
+    day = lambda k: EN_DAYS[(i + k) % 7]  # noqa: E731
+    kind = rng.choice(["after", "before", "today", "today", "month", "week"])
+    if kind == "after":
+        return [(f"What day comes after {day(0)}?", f"{day(1)} comes after {day(0)}."),
+                ("And the day after that?", f"{day(2)} comes after {day(1)}.")]
+    if kind == "before":
+        return [(f"What day comes before {day(0)}?", f"{day(-1)} comes before {day(0)}."),
+                (f"And what day comes after {day(0)}?", f"{day(1)} comes after {day(0)}.")]
+    if kind == "today":
+        asks = [("tomorrow", f"tomorrow is {day(1)}"), ("yesterday", f"yesterday was {day(-1)}"),
+                ("the day after tomorrow", f"the day after tomorrow is {day(2)}")]
+        (w1, a1), (w2, a2) = rng.sample(asks, 2)
+        v1, v2 = ("was" if w1 == "yesterday" else "is"), ("was" if w2 == "yesterday" else "is")
+        return [(f"If today is {day(0)}, what day {v1} {w1}?", f"If today is {day(0)}, {a1}."),
+                (f"And what day {v2} {w2}?", f"If today is {day(0)}, {a2}.")]
+    if kind == "month":
+        m = rng.randrange(12)
+        return [(f"What month comes after {EN_MONTHS[m]}?", f"{EN_MONTHS[(m + 1) % 12]} comes after {EN_MONTHS[m]}."),
+                ("How many months are there in a year?", "There are twelve months in a year.")]
+    first, second = rng.sample([
+        ("How many days are there in a week?", "There are seven days in a week."),
+        ("Which days are the weekend?", "Saturday and Sunday are the weekend."),
+        ("Can you name the days of the week in order?", ", ".join(EN_DAYS[:-1]) + " and Sunday."),
+    ], 2)
+    return [first, second]
+
+
+def sft_zh_calendar(rng: random.Random) -> list[QA]:
+    i = rng.randrange(7)
+    day = lambda k: ZH_DAYS[(i + k) % 7]  # noqa: E731
+    kind = rng.choice(["after", "before", "today", "today", "month", "week"])
+    if kind == "after":
+        return [(f"{day(0)}的后一天是星期几？", f"{day(0)}的后一天是{day(1)}。"),
+                ("再后一天呢？", f"{day(1)}的后一天是{day(2)}。")]
+    if kind == "before":
+        return [(f"{day(0)}的前一天是星期几？", f"{day(0)}的前一天是{day(-1)}。"),
+                (f"那{day(0)}的后一天呢？", f"{day(0)}的后一天是{day(1)}。")]
+    if kind == "today":
+        asks = [("明天", day(1)), ("昨天", day(-1)), ("后天", day(2))]
+        (w1, d1), (w2, d2) = rng.sample(asks, 2)
+        return [(f"如果今天是{day(0)}，{w1}是星期几？", f"如果今天是{day(0)}，{w1}就是{d1}。"),
+                (f"那{w2}呢？", f"如果今天是{day(0)}，{w2}就是{d2}。")]
+    if kind == "month":
+        m = rng.randrange(12)
+        return [(f"{zh_num(m + 1)}月过后是几月？", f"{zh_num(m + 1)}月过后是{zh_num((m + 1) % 12 + 1)}月。"),
+                ("一年有几个月？", "一年有十二个月。")]
+    first, second = rng.sample([
+        ("一个星期有几天？", "一个星期有七天。"),
+        ("星期几是周末？", "星期六和星期日是周末。"),
+        ("请按顺序说出一个星期的七天。", "、".join(ZH_DAYS[:-1]) + "和星期日。"),
+    ], 2)
+    return [first, second]
+
+
+def _pick_animal_qa(rng: random.Random) -> tuple[tuple, tuple]:
+    first = rng.choice(ANIMAL_QA)
+    same_group = [x for x in ANIMAL_QA if x[0] == first[0] and x is not first]
+    return first, rng.choice(same_group)
+
+
+def sft_en_animal_facts(rng: random.Random) -> list[QA]:
+    (_, q1, a1, _, _), (_, q2, a2, _, _) = _pick_animal_qa(rng)
+    return [(q1, a1), (q2, a2)]
+
+
+def sft_zh_animal_facts(rng: random.Random) -> list[QA]:
+    (_, _, _, q1, a1), (_, _, _, q2, a2) = _pick_animal_qa(rng)
+    return [(q1, a1), (q2, a2)]
+
+
+def sft_en_counting(rng: random.Random) -> list[QA]:
+    words = rng.random() < 0.6
+    fmt = en_num if words else str
+    kind = rng.choice(["count", "count", "next", "scene"])
+    if kind == "count":
+        n = rng.randint(3, 10)
+        return [(rng.choice([f"Count from {fmt(1)} to {fmt(n)}.", f"Please count from {fmt(1)} to {fmt(n)}."]),
+                 cap(", ".join(fmt(i) for i in range(1, n + 1))) + "."),
+                (f"Now count back down from {fmt(n)} to {fmt(1)}.",
+                 cap(", ".join(fmt(i) for i in range(n, 0, -1))) + ".")]
+    if kind == "next":
+        n = rng.randint(2, 19)
+        return [(f"What number comes after {fmt(n)}?", cap(f"{fmt(n + 1)} comes after {fmt(n)}.")),
+                (f"And what number comes before {fmt(n)}?", cap(f"{fmt(n - 1)} comes before {fmt(n)}."))]
+    key, loc_en, _ = rng.choice(COUNTING_SCENES)
+    sing, plur = ANIMALS[key]["en"], ANIMALS[key]["en_pl"]
+    cnt = lambda k: f"{fmt(k)} {sing if k == 1 else plur}"  # noqa: E731
+    n, extra = rng.randint(2, 8), rng.randint(1, 4)
+    gone = rng.randint(1, min(3, n + extra - 1))
+    return [(f"There are {cnt(n)} {loc_en}. Then {fmt(extra)} more {'comes' if extra == 1 else 'come'}. "
+             f"How many {plur} are there now?",
+             f"There are {cnt(n + extra)} now, because {_en_eq(n, '+', extra, fmt)}."),
+            (f"If {fmt(gone)} of them {'goes' if gone == 1 else 'go'} away, how many are left?",
+             f"{cap(cnt(n + extra - gone))} {'is' if n + extra - gone == 1 else 'are'} left, "
+             f"because {_en_eq(n + extra, '-', gone, fmt)}.")]
+
+
+def sft_zh_counting(rng: random.Random) -> list[QA]:
+    hanzi = rng.random() < 0.6
+    cnt, num = (zh_count, zh_num) if hanzi else (str, str)
+    kind = rng.choice(["count", "count", "next", "scene"])
+    if kind == "count":
+        n = rng.randint(3, 10)
+        return [(rng.choice([f"从{num(1)}数到{num(n)}。", f"请从{num(1)}数到{num(n)}。"]),
+                 "、".join(num(i) for i in range(1, n + 1)) + "。"),
+                (f"现在从{num(n)}倒着数到{num(1)}。", "、".join(num(i) for i in range(n, 0, -1)) + "。")]
+    if kind == "next":
+        n = rng.randint(2, 19)
+        return [(f"{num(n)}后面的数是几？", f"{num(n)}后面的数是{num(n + 1)}。"),
+                (f"那{num(n)}前面的数呢？", f"{num(n)}前面的数是{num(n - 1)}。")]
+    key, _, loc_zh = rng.choice(COUNTING_SCENES)
+    zh, mw = ANIMALS[key]["zh"], ANIMALS[key]["mw"]
+    n, extra = rng.randint(2, 8), rng.randint(1, 4)
+    gone = rng.randint(1, min(3, n + extra - 1))
+    return [(f"{loc_zh}有{cnt(n)}{mw}{zh}，又来了{cnt(extra)}{mw}。现在一共有几{mw}{zh}？",
+             f"现在一共有{cnt(n + extra)}{mw}{zh}，因为{_zh_eq(n, '+', extra, num)}。"),
+            (f"如果走了{cnt(gone)}{mw}，还剩几{mw}？",
+             f"还剩{cnt(n + extra - gone)}{mw}，因为{_zh_eq(n + extra, '-', gone, num)}。")]
+
+
+def _story_setting(rng: random.Random, key: str) -> tuple[str, dict, str]:
+    """A place where the animal `key` can be met, and its colour."""
+    place_key = rng.choice([k for k, pl in PLACES.items() if key in pl["animals"]])
+    return place_key, PLACES[place_key], rng.choice(ANIMALS[key]["colours"])
+
+
+def sft_en_story(rng: random.Random) -> list[QA]:
+    key = rng.choice(list(ANIMALS))
+    animal = ANIMALS[key]
+    a = animal["en"]
+    name, g = pick_person(rng, "en")
+    p, _, poss = EN_PRONOUNS[g]
+    if rng.random() < 0.3:
+        q = f"Tell me a short story about {name} and {a_an(a)}."
+    else:
+        q = rng.choice([f"Tell me a short story about {a_an(a)}.", f"Write a short story about {a_an(a)}.",
+                        f"Can you tell me a little story about {a_an(a)}?"])
+    place_key, place, colour = _story_setting(rng, key)
+    spot = rng.choice(place["en_spots"])
+    time_en = rng.choice(TIMES)[0]
+    s = []
+    if rng.random() < 0.5:
+        s.append(f"On {rng.choice(EN_DAYS)} {time_en}, {name} {place['en_go']}.")
+    else:
+        s.append(f"One {WEATHER[rng.choice(list(WEATHER))]['en']} {time_en}, {name} {place['en_go']}.")
+    s.append(f"{cap(p)} saw {a_an(rng.choice(['little', 'big', 'small', 'young']))} {COLOURS[colour][0]} {a} {spot}.")
+    if rng.random() < 0.5:
+        s.append(rng.choice([f"The {a} was {rng.choice(['sleeping', 'looking around', 'eating something'])}.",
+                             f"{name} felt {rng.choice(ENCOUNTER_FEELINGS)[0]}."]))
+    endings = [f"{cap(p)} sat down quietly and watched the {a} for a long time.",
+               f"When {p} came closer, the {a} {animal['en_away']}.",
+               f"{cap(p)} drew a picture of the {a} in {poss} notebook."]
+    if animal["en_sound"]:
+        endings.append(f"{cap(p)} said hello, and the {a} {animal['en_sound']}.")
+    s.append(rng.choice(endings))
+    first = (q, " ".join(s))
+    follow = rng.choice([
+        (f"What colour was the {a}?", f"The {a} was {COLOURS[colour][0]}."),
+        (f"Where did {name} see the {a}?", f"{name} saw the {a} {spot}, {EN_PLACE_NAMES[place_key]}."),
+        ("Can you give the story a title?", f"A good title is \"{name} and the {cap(COLOURS[colour][0])} {cap(a)}\"."),
+    ])
+    return [first, follow]
+
+
+def sft_zh_story(rng: random.Random) -> list[QA]:
+    key = rng.choice(list(ANIMALS))
+    animal = ANIMALS[key]
+    name, g = pick_person(rng, "zh")
+    p = ZH_PRONOUNS[g]
+    if rng.random() < 0.3:
+        q = f"讲一个关于{name}和{animal['zh']}的小故事吧。"
+    else:
+        q = rng.choice([f"给我讲一个关于{animal['zh']}的小故事。", f"请写一个关于{animal['zh']}的短故事。",
+                        f"你能讲一个{animal['zh']}的小故事吗？"])
+    place_key, place, colour = _story_setting(rng, key)
+    spot = rng.choice(place["zh_spots"])
+    a = rng.choice(["小", "大"]) + animal["zh"]
+    mw = animal["mw"]
+    s = [f"{rng.choice(ZH_DAYS)}{rng.choice(TIMES)[1]}，{name}{place['zh_go']}。",
+         f"{p}在{spot}看见了一{mw}{COLOURS[colour][1]}的{a}。"]
+    if rng.random() < 0.5:
+        s.append(rng.choice([f"{a}{rng.choice(['正在睡觉', '正在东张西望', '正在吃东西'])}。",
+                             f"{name}觉得{rng.choice(ENCOUNTER_FEELINGS)[1]}。"]))
+    endings = [f"{p}安静地坐下来，看了{a}很久。", f"{p}走近的时候，{a}{animal['zh_away']}。",
+               f"{p}在本子上画了一幅{a}的画。"]
+    if animal["zh_sound"]:
+        endings.append(f"{p}跟{a}打了个招呼，{a}{animal['zh_sound']}。")
+    s.append(rng.choice(endings))
+    first = (q, "".join(s))
+    where = ZH_PLACE_NAMES[place_key] if spot == "水边" else f"{ZH_PLACE_NAMES[place_key]}的{spot}"
+    follow = rng.choice([
+        (f"那{mw}{animal['zh']}是什么颜色的？", f"那{mw}{animal['zh']}是{COLOURS[colour][1]}的。"),
+        (f"{name}是在哪里看见{animal['zh']}的？", f"{name}是在{where}看见它的。"),
+        ("给这个故事起个名字吧。", f"可以叫《{name}和{COLOURS[colour][1]}的{animal['zh']}》。"),
+    ])
+    return [first, follow]
+
+
+def sft_en_lists(rng: random.Random) -> list[QA]:
+    kind = rng.choice(["farm", "fly", "colours"])
+    if kind == "farm":
+        keys = rng.sample(FARM_ANIMALS, 4)
+        names = [ANIMALS[k]["en"] for k in keys]
+        return [("Name three farm animals.", f"Three farm animals are the {names[0]}, the {names[1]} and the {names[2]}."),
+                ("Can you name one more?", f"Another farm animal is the {names[3]}.")]
+    if kind == "fly":
+        keys = rng.sample(FLYING_ANIMALS, 3)
+        pl = [ANIMALS[k]["en_pl"] for k in keys]
+        return [("Name two animals that can fly.", f"{cap(pl[0])} and {pl[1]} can fly."),
+                ("Is there another one?", f"Yes, {pl[2]} can fly too.")]
+    keys = rng.sample(list(COLOURS), 4)
+    return [("Name three colours.", f"Three colours are {keys[0]}, {keys[1]} and {keys[2]}."),
+            ("Can you name one more?", f"Another colour is {keys[3]}.")]
+
+
+def sft_zh_lists(rng: random.Random) -> list[QA]:
+    kind = rng.choice(["farm", "fly", "colours"])
+    if kind == "farm":
+        names = [ANIMALS[k]["zh"] for k in rng.sample(FARM_ANIMALS, 4)]
+        return [("说出三种农场里的动物。", f"{names[0]}、{names[1]}和{names[2]}都是农场里的动物。"),
+                ("再说一种吧。", f"{names[3]}也是农场里的动物。")]
+    if kind == "fly":
+        names = [ANIMALS[k]["zh"] for k in rng.sample(FLYING_ANIMALS, 3)]
+        return [("说出两种会飞的动物。", f"{names[0]}和{names[1]}都会飞。"),
+                ("还有别的吗？", f"有，{names[2]}也会飞。")]
+    names = [COLOURS[k][1] for k in rng.sample(list(COLOURS), 4)]
+    return [("说出三种颜色。", f"{names[0]}、{names[1]}和{names[2]}都是颜色。"),
+            ("再说一种吧。", f"{names[3]}也是一种颜色。")]
+
+
+def sft_en_greeting(rng: random.Random) -> list[QA]:
+    (q, a, _, _), (tq, ta, _, _) = rng.choice(GREETINGS), rng.choice(THANKS)
+    return [(q, a), (tq, ta)]
+
+
+def sft_zh_greeting(rng: random.Random) -> list[QA]:
+    (_, _, q, a), (_, _, tq, ta) = rng.choice(GREETINGS), rng.choice(THANKS)
+    return [(q, a), (tq, ta)]
+
+
+# (weight, English generator, Chinese generator)
+SFT_TOPICS: list[tuple[float, Callable[[random.Random], list[QA]], Callable[[random.Random], list[QA]]]] = [
+    (18, sft_en_arithmetic, sft_zh_arithmetic),
+    (10, sft_en_word_problem, sft_zh_word_problem),
+    (6, sft_en_shopping, sft_zh_shopping),
+    (8, sft_en_legs, sft_zh_legs),
+    (10, sft_en_colours, sft_zh_colours),
+    (10, sft_en_calendar, sft_zh_calendar),
+    (7, sft_en_animal_facts, sft_zh_animal_facts),
+    (5, sft_en_counting, sft_zh_counting),
+    (18, sft_en_story, sft_zh_story),
+    (5, sft_en_lists, sft_zh_lists),
+    (3, sft_en_greeting, sft_zh_greeting),
+]
+
+
+def make_conversation(rng: random.Random, lang: str, shape: str) -> list[dict[str, str]]:
+    """One conversation in `lang`; shape "single" (one question), "two" (and a follow-up) or
+    "system" (a system prompt, then one question, sometimes with a follow-up)."""
+    weights = [w for w, _, _ in SFT_TOPICS]
+    _, en_gen, zh_gen = rng.choices(SFT_TOPICS, weights=weights)[0]
+    pairs = (en_gen if lang == "en" else zh_gen)(rng)
+    turns: list[dict[str, str]] = []
+    if shape == "system":
+        turns.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS[lang])})
+        keep = 2 if rng.random() < SFT_SYSTEM_FOLLOW_UP else 1
+    else:
+        keep = 2 if shape == "two" else 1
+    for question, answer in pairs[:keep]:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return turns
+
+
+def conversation_key(turns: list[dict[str, str]]) -> tuple:
+    """What makes two conversations the same: their user and assistant turns (a system prompt
+    alone does not make a conversation new)."""
+    return tuple((t["role"], t["content"]) for t in turns if t["role"] != "system")
+
+
+def write_sft(path: Path, rng: random.Random, target_bytes: int, avoid: set[tuple]) -> dict:
+    """Write conversations until the file reaches about target_bytes; skip any in `avoid`.
+
+    Adds every written conversation to `avoid`, so a later call shares no conversation with this one.
+    """
+    size = lines = skipped = 0
+    per_lang = {"en": 0, "zh": 0}
+    per_shape = {"single": 0, "two": 0, "system": 0}
+    languages: list[str] = []
+    shapes: list[str] = []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        while size < target_bytes:
+            if not languages:
+                languages = LANGUAGE_BLOCK[:]
+                rng.shuffle(languages)
+            if not shapes:
+                shapes = SFT_SHAPES[:]
+                rng.shuffle(shapes)
+            lang, shape = languages.pop(), shapes.pop()
+            turns = make_conversation(rng, lang, shape)
+            while conversation_key(turns) in avoid:  # draw again, same language and shape
+                skipped += 1
+                turns = make_conversation(rng, lang, shape)
+            avoid.add(conversation_key(turns))
+            line = json.dumps({"conversations": turns}, ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode("utf-8"))
+            lines += 1
+            per_lang[lang] += 1
+            per_shape[shape] += 1
+    return dict(path=path, bytes=size, lines=lines, skipped_duplicates=skipped, **per_lang, **per_shape)
+
+
+# --------------------------------------------------------------------------------------------
+# A check of the written SFT files that does not use the generators: the format, and every
+# arithmetic, leg-count, counting, day, month and colour-mixing claim in the answers, read back
+# from the text and recomputed.
+# --------------------------------------------------------------------------------------------
+
+EN_NUMBER_WORDS = {en_num(n): n for n in range(101)}
+_EN_NUM = r"(\d+|" + "|".join(sorted(EN_NUMBER_WORDS, key=len, reverse=True)) + r")"
+_ZH_NUM = r"(\d+|[零一二两三四五六七八九十百]+)"
+
+
+def _en_value(token: str) -> int:
+    token = token.lower()
+    return int(token) if token.isdigit() else EN_NUMBER_WORDS[token]
+
+
+def _zh_value(token: str) -> int:
+    if token.isdigit():
+        return int(token)
+    digits = {c: i for i, c in enumerate(ZH_DIGITS)} | {"两": 2}
+    if token == "一百":
+        return 100
+    if "十" in token:
+        head, _, tail = token.partition("十")
+        return (digits[head] if head else 1) * 10 + (digits[tail] if tail else 0)
+    if len(token) != 1:
+        raise ValueError(f"not a Chinese number: {token!r}")
+    return digits[token]
+
+
+def _alternatives(words) -> str:
+    return "(" + "|".join(sorted(words, key=len, reverse=True)) + ")"
+
+
+_SYMBOL = {"plus": "+", "minus": "-", "times": "*", "divided by": "/",
+           "加": "+", "减": "-", "乘以": "*", "除以": "/"}
+_EN_SINGULAR = {v[0]: v[2] for v in LEG_ANIMALS.values()}
+_EN_PLURAL = {v[1]: v[2] for v in LEG_ANIMALS.values()}
+_ZH_LEGS = {v[3]: v[2] for v in LEG_ANIMALS.values()}
+_COLOUR_MIX = {frozenset((COLOURS[x][i], COLOURS[y][i])): COLOURS[z][i]
+               for x, y, z in COLOUR_MIX_KEYS for i in (0, 1)}
+_ZH_COLOURS = _alternatives(c[1] for c in COLOURS.values())
+_EN_DAY, _ZH_DAY, _EN_MONTH = _alternatives(EN_DAYS), _alternatives(ZH_DAYS), _alternatives(EN_MONTHS)
+_EN_SHIFT = {"tomorrow is": 1, "yesterday was": -1, "the day after tomorrow is": 2}
+_ZH_SHIFT = {"明天": 1, "昨天": -1, "后天": 2}
+
+# (name, pattern, test on the matched groups -> True when the claim is right)
+_CLAIMS: list[tuple[str, re.Pattern, Callable[[tuple], bool]]] = [
+    ("en arithmetic", re.compile(rf"\b{_EN_NUM} (plus|minus|times|divided by) {_EN_NUM} (?:is|equals) {_EN_NUM}\b", re.I),
+     lambda g: _apply(_en_value(g[0]), _SYMBOL[g[1]], _en_value(g[2])) == _en_value(g[3])
+     and (g[1] != "divided by" or _en_value(g[0]) % _en_value(g[2]) == 0)),
+    ("zh arithmetic", re.compile(rf"{_ZH_NUM}(加|减|乘以|除以){_ZH_NUM}等于{_ZH_NUM}"),
+     lambda g: _apply(_zh_value(g[0]), _SYMBOL[g[1]], _zh_value(g[2])) == _zh_value(g[3])
+     and (g[1] != "除以" or _zh_value(g[0]) % _zh_value(g[2]) == 0)),
+    ("en legs", re.compile(rf"\b(?:an?|one|each) {_alternatives(_EN_SINGULAR)} has {_EN_NUM} legs\b", re.I),
+     lambda g: _EN_SINGULAR[g[0]] == _en_value(g[1])),
+    ("en legs", re.compile(rf"\b{_EN_NUM} {_alternatives(_EN_PLURAL)} have {_EN_NUM} legs\b", re.I),
+     lambda g: _EN_PLURAL[g[1]] * _en_value(g[0]) == _en_value(g[2])),
+    ("zh legs", re.compile(rf"(?:每|{_ZH_NUM})[只头匹]{_alternatives(_ZH_LEGS)}(?:一共)?有{_ZH_NUM}条腿"),
+     lambda g: _ZH_LEGS[g[1]] * (_zh_value(g[0]) if g[0] else 1) == _zh_value(g[2])),
+    ("en days", re.compile(rf"\b{_EN_DAY} comes (after|before) {_EN_DAY}\b"),
+     lambda g: EN_DAYS.index(g[0]) == (EN_DAYS.index(g[2]) + (1 if g[1] == "after" else -1)) % 7),
+    ("en days", re.compile(rf"If today is {_EN_DAY}, (the day after tomorrow is|tomorrow is|yesterday was) {_EN_DAY}\b"),
+     lambda g: EN_DAYS.index(g[2]) == (EN_DAYS.index(g[0]) + _EN_SHIFT[g[1]]) % 7),
+    ("zh days", re.compile(rf"{_ZH_DAY}的(后|前)一天是{_ZH_DAY}"),
+     lambda g: ZH_DAYS.index(g[2]) == (ZH_DAYS.index(g[0]) + (1 if g[1] == "后" else -1)) % 7),
+    ("zh days", re.compile(rf"如果今天是{_ZH_DAY}，(明天|昨天|后天)就是{_ZH_DAY}"),
+     lambda g: ZH_DAYS.index(g[2]) == (ZH_DAYS.index(g[0]) + _ZH_SHIFT[g[1]]) % 7),
+    ("en months", re.compile(rf"\b{_EN_MONTH} comes after {_EN_MONTH}\b"),
+     lambda g: EN_MONTHS.index(g[0]) == (EN_MONTHS.index(g[1]) + 1) % 12),
+    ("zh months", re.compile(rf"{_ZH_NUM}月过后是{_ZH_NUM}月"),
+     lambda g: _zh_value(g[1]) == _zh_value(g[0]) % 12 + 1),
+    ("en numbers", re.compile(rf"\b{_EN_NUM} comes (after|before) {_EN_NUM}\b", re.I),
+     lambda g: _en_value(g[0]) == _en_value(g[2]) + (1 if g[1] == "after" else -1)),
+    ("zh numbers", re.compile(rf"{_ZH_NUM}(后|前)面的数是{_ZH_NUM}"),
+     lambda g: _zh_value(g[2]) == _zh_value(g[0]) + (1 if g[1] == "后" else -1)),
+    ("en counting", re.compile(rf"^((?:{_EN_NUM}, )+{_EN_NUM})\.$", re.I),
+     lambda g: _consecutive([_en_value(x) for x in g[0].split(", ")])),
+    ("zh counting", re.compile(rf"^((?:{_ZH_NUM}、)+{_ZH_NUM})。$"),
+     lambda g: _consecutive([_zh_value(x) for x in g[0].split("、")])),
+    ("en colour mixing", re.compile(r"\b([a-z]+) and ([a-z]+) make ([a-z]+)\b", re.I),
+     lambda g: _COLOUR_MIX.get(frozenset((g[0].lower(), g[1].lower()))) == g[2]),
+    ("zh colour mixing", re.compile(rf"{_ZH_COLOURS}和{_ZH_COLOURS}混在一起会变成{_ZH_COLOURS}"),
+     lambda g: _COLOUR_MIX.get(frozenset((g[0], g[1]))) == g[2]),
+]
+
+
+def _consecutive(values: list[int]) -> bool:
+    step = values[1] - values[0]
+    return step in (1, -1) and all(b - a == step for a, b in zip(values, values[1:]))
+
+
+def check_sft(paths: list[Path]) -> tuple[dict[str, int], list[str]]:
+    """Check SFT files: (claims checked per kind, problems). Problems are format errors, wrong
+    claims, and conversations (user and assistant turns) that occur twice, in one file or across files."""
+    claims: dict[str, int] = {}
+    problems: list[str] = []
+    seen: dict[tuple, str] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for n, raw in enumerate(f, start=1):
+                where = f"{path.name}:{n}"
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    problems.append(f"{where}: not JSON ({e})")
+                    continue
+                turns = obj.get("conversations") if isinstance(obj, dict) else None
+                if not isinstance(turns, list) or not turns or set(obj) != {"conversations"}:
+                    problems.append(f"{where}: not a {{\"conversations\": [...]}} object")
+                    continue
+                if not all(isinstance(t, dict) and set(t) == {"role", "content"} and t["role"] in SFT_ROLES
+                           and isinstance(t["content"], str) and t["content"].strip() for t in turns):
+                    problems.append(f"{where}: a turn without a valid role and non-empty content")
+                    continue
+                roles = [t["role"] for t in turns]
+                body = roles[1:] if roles[0] == "system" else roles
+                if not body or body != ["user", "assistant"] * (len(body) // 2):
+                    problems.append(f"{where}: turns are not (system), user, assistant, user, assistant...: {roles}")
+                key = conversation_key(turns)
+                if key in seen:
+                    problems.append(f"{where}: same conversation as {seen[key]}")
+                seen.setdefault(key, where)
+                for t in turns:
+                    if t["role"] != "assistant":
+                        continue
+                    for kind, pattern, test in _CLAIMS:
+                        for m in pattern.finditer(t["content"]):
+                            claims[kind] = claims.get(kind, 0) + 1
+                            if not test(m.groups()):
+                                problems.append(f"{where}: wrong {kind}: {m.group(0)!r}")
+    return claims, problems
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
-                        help="where pretrain.jsonl and val.jsonl are written")
+                        help="where pretrain.jsonl, val.jsonl, sft.jsonl and sft_val.jsonl are written")
     parser.add_argument("--train-kb", type=float, default=250, help="approximate size of pretrain.jsonl in KiB")
     parser.add_argument("--val-kb", type=float, default=20, help="approximate size of val.jsonl in KiB")
+    parser.add_argument("--sft-kb", type=float, default=120, help="approximate size of sft.jsonl in KiB")
+    parser.add_argument("--sft-val-kb", type=float, default=12, help="approximate size of sft_val.jsonl in KiB")
     args = parser.parse_args(argv)
 
     seen: set[str] = set()
@@ -941,6 +1817,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{stats['path']}: {stats['lines']} documents, {stats['bytes']} bytes "
               f"({stats['en']} English, {stats['zh']} Chinese; "
               f"{stats['skipped_duplicates']} duplicates skipped)")
+
+    # The SFT sample: two more streams of their own, so the pretraining files above do not change.
+    seen_conversations: set[tuple] = set()
+    sft = write_sft(args.out_dir / "sft.jsonl", random.Random(f"{args.seed}:sft"),
+                    int(args.sft_kb * 1024), seen_conversations)
+    sft_val = write_sft(args.out_dir / "sft_val.jsonl", random.Random(f"{args.seed}:sft_val"),
+                        int(args.sft_val_kb * 1024), seen_conversations)
+    for stats in (sft, sft_val):
+        print(f"{stats['path']}: {stats['lines']} conversations, {stats['bytes']} bytes "
+              f"({stats['en']} English, {stats['zh']} Chinese; {stats['single']} single-turn, "
+              f"{stats['two']} two-turn, {stats['system']} with a system prompt; "
+              f"{stats['skipped_duplicates']} duplicates skipped)")
+    claims, problems = check_sft([sft["path"], sft_val["path"]])
+    print("checked claims in the answers: " + ", ".join(f"{k} {v}" for k, v in sorted(claims.items())))
+    if problems:
+        raise SystemExit("SFT check failed:\n" + "\n".join(problems[:50]))
 
 
 if __name__ == "__main__":

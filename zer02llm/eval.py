@@ -71,7 +71,8 @@ class Session:
             self.write(text)
         reply = stream_reply(self.loaded, ids, self.cfg, self.params, self.write if self.cfg.stream else None,
                              generator=self.generator)
-        self.write((reply.text if not self.cfg.stream else "") + "\n")
+        # without streaming, the whole reply at once (a continuation with its prompt, as streamed)
+        self.write("\n" if self.cfg.stream else ("" if self.chat else text) + reply.text + "\n")
         if self.chat and self.cfg.history_turns > 0:
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply.text}]
             self.history = self.history[-2 * self.cfg.history_turns:]
