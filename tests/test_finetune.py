@@ -190,3 +190,21 @@ def test_lora_on_moe_shared_experts_and_attention():
     out = model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
     (out.loss + out.aux_loss).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_merge_script_exports_a_model_that_answers_like_the_lora_run(runs, tmp_path):
+    from zer02llm.inference import load_for_inference
+
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "merge_lora.py"),
+                           str(runs["lora"]), str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not [k for k in load_file(str(out / "model.safetensors")) if "lora" in k]
+    tokens = torch.randint(0, 6400, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = load_for_inference(str(runs["lora"]), "cpu").model(tokens).logits
+        got = load_for_inference(str(out), "cpu").model(tokens).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    again = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "merge_lora.py"),
+                            str(runs["lora"]), str(out)], capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "exists" in again.stderr

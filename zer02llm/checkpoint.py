@@ -45,15 +45,8 @@ def save_checkpoint(checkpoint_root: Path, step: int, model: torch.nn.Module, tr
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_root / f"step_{step:07d}"
     tmp = checkpoint_root / f".step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    _write_model_dir(tmp, model, {"step": step, **config}, tokenizer_dir)
     torch.save(trainer_state, tmp / "trainer.pt")
-    (tmp / "config.json").write_text(json.dumps({"step": step, **config}, indent=2, default=str))
-    (tmp / "tokenizer").mkdir()
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).exists():
-            shutil.copy2(tokenizer_dir / name, tmp / "tokenizer" / name)
     _fsync_tree(tmp)
     if final.exists():  # saving the same step again (a resumed run): the new copy wins
         shutil.rmtree(final)
@@ -65,6 +58,30 @@ def save_checkpoint(checkpoint_root: Path, step: int, model: torch.nn.Module, tr
     for old in list_checkpoints(checkpoint_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_model_dir(directory: Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_dir: Path) -> None:
+    """Weights, config.json and the tokenizer: what inference needs, in a fresh directory."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    save_model(model, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    (directory / "tokenizer").mkdir()
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).exists():
+            shutil.copy2(tokenizer_dir / name, directory / "tokenizer" / name)
+
+
+def export_model(directory: Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_dir: Path) -> Path:
+    """A stand-alone model directory (no trainer state) that generate and eval load; atomic."""
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"{directory} exists: choose a new directory for the export")
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    _write_model_dir(tmp, model, config, tokenizer_dir)
+    _fsync_tree(tmp)
+    os.replace(tmp, directory)
+    return directory
 
 
 def list_checkpoints(checkpoint_root: Path) -> list[Path]:
