@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -319,10 +320,28 @@ class Trainer:
                     log.warning("stopped at step %d; the last checkpoint is step %d", self.step, saved_step)
                 if tracker:
                     tracker.finish()
-        plot = plot_losses(self.metrics.rows(), self.run_dir / "loss.png")
+        rows = self.metrics.rows()
+        plot = plot_losses(rows, self.run_dir / "loss.png")
         if plot:
             log.info("loss curves: %s", plot)
+        self.write_summary(rows, time.perf_counter() - fit_start, fit_start_step)
         return last
+
+    def write_summary(self, rows: list[dict[str, Any]], seconds: float, first_step: int) -> None:
+        """summary.json: the figures a sweep table needs, for this run as a whole."""
+        train_rows = [r for r in rows if "loss" in r]
+        val_rows = [r for r in rows if "val_loss" in r]
+        rates = [r["tokens_per_s"] for r in train_rows]
+        summary = {
+            "model": self.cfg.model.name, "mode": self.cfg.mode.name, "steps": self.step,
+            "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
+            "final_loss": train_rows[-1]["loss"] if train_rows else None,
+            "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+            "tokens_per_s": sum(rates) / len(rates) if rates else None,
+            "wall_seconds": round(seconds, 2), "steps_this_session": self.step - first_step,
+            "tokens": self.tokens_seen,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def moe_metrics(stats: dict[str, Any]) -> dict[str, Any]:
