@@ -1,12 +1,13 @@
 """`python -m zer02llm.train [overrides]`: compose the config, validate it, train.
 
-The only place, with generate.py, that knows about Hydra: it turns the composed DictConfig into
-plain dataclasses and hands them to the Trainer.
+With generate.py and eval.py, the only place that knows about Hydra: it turns the composed
+DictConfig into plain dataclasses and hands them to the Trainer.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,20 +32,38 @@ def main(dict_cfg: DictConfig) -> None:
         validate(cfg)
         from zer02llm.trainer import Trainer  # torch is imported only once the config is known good
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
-        OmegaConf.save(resolved, run_dir / "config.yaml")  # Hydra's .hydra/config.yaml is unresolved
-        log.info("run directory: %s", run_dir)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if launched_rank() in (None, 0):
+            OmegaConf.save(resolved, run_dir / "config.yaml")  # Hydra's .hydra/config.yaml is unresolved
         Trainer(cfg, run_dir, resolved).fit()
     except (ConfigError, DataError) as e:
         # a clear message and exit status 2 instead of a traceback: nothing heavy has run yet
         log.error("%s", e)
         sys.exit(2)
+    finally:
+        if "torch" in sys.modules:
+            from zer02llm import distributed
+
+            distributed.shutdown()
+
+
+def launched_rank() -> int | None:
+    """The rank a launcher gave this process (torchrun, SLURM), without importing torch yet."""
+    if "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        return None
+    from zer02llm.distributed import rank_from_env
+
+    return rank_from_env()
 
 
 def cli() -> None:
     """Console entry: file paths need no Hydra quoting (non-ASCII names, commas)."""
     sys.argv[1:] = quote_text_overrides(sys.argv[1:], TEXT_KEYS)
+    if launched_rank() not in (None, 0):
+        # under torchrun every rank runs this; only rank 0 may create the run directory and its
+        # files (its timestamp would differ anyway): the Trainer takes rank 0's directory instead
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()
 
 

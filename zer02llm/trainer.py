@@ -17,7 +17,10 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from torch.nn.parallel import DistributedDataParallel
+
 from zer02llm import checkpoint as ckpt
+from zer02llm import distributed
 from zer02llm.config import Config, ConfigError, HardwareConfig
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
@@ -90,8 +93,17 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any]):
-        self.cfg, self.run_dir, self.resolved_config = cfg, run_dir, resolved_config
-        self.device, self.dtype = resolve_device(cfg.hardware)
+        self.cfg, self.resolved_config = cfg, resolved_config
+        self.env = distributed.read_env()
+        device, self.dtype = resolve_device(cfg.hardware)
+        self.device = distributed.device_for(self.env, device)
+        distributed.init(self.env, self.device)
+        # every rank works in rank 0's run directory; only rank 0 writes there
+        self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
+        if not self.env.is_main:
+            logging.getLogger("zer02llm").setLevel(logging.WARNING)
+        log.info("run directory: %s%s", self.run_dir,
+                 f" ({self.env.world_size} ranks)" if self.env.enabled else "")
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = Tokenizer.load(cfg.tokenizer.path)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
@@ -101,7 +113,8 @@ class Trainer:
         train_path, val_path = data_paths(cfg)
         self.train_data = self._dataset(train_path)
         self.val_data = self._dataset(val_path) if val_path else None
-        self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed)
+        self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed,
+                                    rank=self.env.rank, world_size=self.env.world_size)
         steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = (cfg.train.max_steps if cfg.train.max_steps > 0
                             else math.ceil(cfg.train.epochs * steps_per_epoch))
@@ -114,14 +127,20 @@ class Trainer:
         if cfg.lora.rank > 0:  # after loading the base weights, before the optimizer sees the parameters
             wrapped = apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
             log.info("LoRA rank %d on %d layers (%s)", cfg.lora.rank, len(wrapped), ", ".join(cfg.lora.targets))
-        self.forward = torch.compile(self.model) if cfg.hardware.compile else self.model
+        # DDP all-reduces gradients; experts idle on a rank still hold (zero) gradients, so no
+        # find_unused_parameters is needed
+        self.ddp = self.model
+        if self.env.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.forward = torch.compile(self.ddp) if cfg.hardware.compile else self.ddp
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.tokens_seen = 0  # target tokens trained on (every token when pretraining; assistant tokens in SFT)
         self.wandb_id: Optional[str] = None
-        self.checkpoint_root = run_dir / "checkpoints"
-        self.metrics = MetricsFile(run_dir / "metrics.jsonl")
+        self.checkpoint_root = self.run_dir / "checkpoints"
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
 
     def _dataset(self, path: str) -> PackedDataset | SFTDataset:
         data = self.cfg.data
@@ -152,16 +171,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = [self.train_data.batch(self.sampler.next_batch()) for _ in range(train.grad_accum)]
-        # every target token weighs the same in the step, however the micro-batches' counts differ (SFT)
+        # every target token of the step, on every rank, weighs the same, however the micro-batches'
+        # counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
         counts = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
-        total = sum(counts)
+        total = int(distributed.all_reduce_sum(torch.tensor(sum(counts))).item())
         sums: dict[str, torch.Tensor] = {}
-        for (inputs, targets), count in zip(batches, counts):
+        for i, ((inputs, targets), count) in enumerate(zip(batches, counts)):
             if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            out = self.forward_backward(inputs, targets, count / total)
+            # gradients are all-reduced once per step, on the last micro-batch
+            last_micro = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last_micro or not self.env.enabled else self.ddp.no_sync()
+            with sync:
+                out = self.forward_backward(inputs, targets, count * self.env.world_size / total)
             sums["loss"] = sums.get("loss", 0) + out.loss.detach().float() * (count / total)
             for name in ("aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
                 value = getattr(out, name)
@@ -180,24 +204,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the first eval_batches batches of the validation set, in order."""
+        """Mean loss over the first eval_batches batches of the validation set, shared among ranks."""
         assert self.val_data is not None
         self.model.eval()
         batch_size = self.cfg.train.batch_size
         n_batches = math.ceil(len(self.val_data) / batch_size)
         if self.cfg.train.eval_batches > 0:
             n_batches = min(n_batches, self.cfg.train.eval_batches)
-        total, count = 0.0, 0
-        for b in range(n_batches):
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * targets, targets
+        for b in range(self.env.rank, n_batches, self.env.world_size):
             indices = list(range(b * batch_size, min(len(self.val_data), (b + 1) * batch_size)))
             inputs, targets = self.val_data.batch(indices)
             with self.autocast():
-                loss = self.forward(inputs.to(self.device), targets.to(self.device)).loss
+                loss = self.model(inputs.to(self.device), targets.to(self.device)).loss
             n_targets = int((targets != IGNORE_INDEX).sum())  # SFT: assistant tokens only
-            total += loss.item() * n_targets
-            count += n_targets
+            sums += torch.tensor([loss.item() * n_targets, n_targets], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum(sums)
         self.model.train()
-        val_loss = total / count
+        val_loss = (sums[0] / sums[1]).item()
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
 
     # --- state ------------------------------------------------------------------------------
@@ -221,7 +245,9 @@ class Trainer:
         self.wandb_id = state.get("wandb_id")
         self.tokens_seen = state.get("tokens_seen", 0)
 
-    def save(self) -> Path:
+    def save(self) -> Optional[Path]:
+        if not self.env.is_main:
+            return None
         config = {"model": dataclasses.asdict(self.cfg.model), "mode": self.cfg.mode.name,
                   "lora": dataclasses.asdict(self.cfg.lora), "config": self.resolved_config}
         path = ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model, self.state_dict(), config,
@@ -241,7 +267,8 @@ class Trainer:
             found = ckpt.resolve_checkpoint(where)
         ckpt.load_model_weights(self.model, found)
         self.load_state_dict(ckpt.load_trainer_state(found, self.device))
-        self.metrics.truncate_after(self.step)
+        if self.env.is_main:
+            self.metrics.truncate_after(self.step)
         log.info("resumed from %s at step %d", found, self.step)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -261,7 +288,7 @@ class Trainer:
                  cfg.mode.name, len(self.train_data), cfg.data.seq_len, self.total_steps, cfg.train.grad_accum,
                  cfg.train.batch_size)
         tracker = None
-        if cfg.logger == "wandb":
+        if cfg.logger == "wandb" and self.env.is_main:
             tracker = WandbLogger(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, list(cfg.wandb.tags),
                                   self.resolved_config, self.run_dir, resume_id=self.wandb_id)
             self.wandb_id = tracker.run_id
@@ -272,7 +299,7 @@ class Trainer:
         fit_start, fit_start_step = window_start, self.step
         # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not sys.stderr.isatty())
+                   disable=not (sys.stderr.isatty() and self.env.is_main))
         with logging_redirect_tqdm():
             try:
                 while self.step < self.total_steps:
@@ -284,6 +311,7 @@ class Trainer:
                     row: dict[str, float] = {}
                     if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
+                        stats = self.reduce_stats(stats)
                         row = {"step": self.step, "loss": stats["loss"].item(), "lr": stats["lr"],
                                "grad_norm": stats["grad_norm"].item(),
                                "tokens_per_s": window_tokens / elapsed, "tokens": self.tokens_seen}
@@ -306,7 +334,7 @@ class Trainer:
                         log.info("step %d: val loss %.4f, perplexity %.2f", self.step, row["val_loss"],
                                  row["val_ppl"])
                         window_start = time.perf_counter()  # evaluation time is not training time
-                    if row:
+                    if row and self.env.is_main:
                         self.metrics.write(row)
                         if tracker:
                             tracker.log(row, step=self.step)
@@ -320,12 +348,26 @@ class Trainer:
                     log.warning("stopped at step %d; the last checkpoint is step %d", self.step, saved_step)
                 if tracker:
                     tracker.finish()
+        if not self.env.is_main:
+            return last
         rows = self.metrics.rows()
         plot = plot_losses(rows, self.run_dir / "loss.png")
         if plot:
             log.info("loss curves: %s", plot)
         self.write_summary(rows, time.perf_counter() - fit_start, fit_start_step)
         return last
+
+    def reduce_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The step's figures over all ranks: the loss summed (each rank holds its share), the rest averaged."""
+        if not self.env.enabled:
+            return stats
+        reduced = dict(stats)
+        for name in ("loss", "aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
+            if name in stats:
+                value = distributed.all_reduce_sum(stats[name].clone())
+                keep_sum = name in ("loss", "dropped_tokens")
+                reduced[name] = value if keep_sum else value / self.env.world_size
+        return reduced
 
     def write_summary(self, rows: list[dict[str, Any]], seconds: float, first_step: int) -> None:
         """summary.json: the figures a sweep table needs, for this run as a whole."""

@@ -1,0 +1,85 @@
+"""Data-parallel training with torchrun on CPU (gloo, 2 processes) against a single process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY, read_metrics, run_module
+
+pytestmark = pytest.mark.slow
+DDP = [*TINY, "train.max_steps=20", "train.save_interval=10", "train.eval_batches=-1"]
+
+
+def torchrun(args: list[str], cwd: Path, nproc: int = 2, check: bool = True):
+    return run_module("torch.distributed.run", ["--standalone", f"--nproc_per_node={nproc}", "-m", "zer02llm.train",
+                                                *args], cwd=cwd, check=check)
+
+
+def weights(run_dir: Path, step: int = 20) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], exact: bool = False) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if exact:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("ddp")
+    torchrun([*DDP, "train.batch_size=2", "hydra.run.dir=ddp"], work)
+    run_module("zer02llm.train", [*DDP, "train.batch_size=4", "hydra.run.dir=single"], cwd=work)
+    return {"work": work, "ddp": work / "ddp", "single": work / "single"}
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
+    ddp, single = read_metrics(runs["ddp"]), read_metrics(runs["single"])
+    assert [r["step"] for r in ddp] == [r["step"] for r in single]
+    for a, b in zip(ddp, single):
+        if "loss" in a:
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+            assert a["tokens"] == b["tokens"]  # counted over both ranks
+        if "val_loss" in a:
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert_same_weights(weights(runs["ddp"]), weights(runs["single"]))
+
+
+def test_only_rank_0_writes(runs, tmp_path):
+    torchrun([*TINY, "train.max_steps=3", "train.batch_size=2"], tmp_path)  # Hydra's default run directory
+    run_dirs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    assert (run_dirs[0] / "checkpoints" / "last" / "model.safetensors").exists()
+    log = (run_dirs[0] / "train.log").read_text()
+    assert "(2 ranks)" in log and log.count("saved checkpoint") == 1
+
+
+def test_resume_a_two_rank_run_with_two_ranks_or_one(runs):
+    work, step10 = runs["work"], runs["ddp"] / "checkpoints" / "step_0000010"
+    torchrun([*DDP, "train.batch_size=2", f"train.resume={step10}", "hydra.run.dir=resumed2"], work)
+    assert_same_weights(weights(work / "resumed2"), weights(runs["ddp"]), exact=True)
+    # one process with the same global batch picks up at the same sample
+    run_module("zer02llm.train", [*DDP, "train.batch_size=4", f"train.resume={step10}", "hydra.run.dir=resumed1"],
+               cwd=work)
+    assert_same_weights(weights(work / "resumed1"), weights(runs["ddp"]))
+    # another global batch cannot continue the epoch where it stopped: a clear error
+    proc = run_module("zer02llm.train", [*DDP, "train.batch_size=3", f"train.resume={step10}", "hydra.run.dir=bad"],
+                      cwd=work, check=False)
+    assert proc.returncode == 2 and "global batch" in proc.stdout + proc.stderr
+
+
+def test_moe_with_idle_experts_does_not_hang(tmp_path):
+    # many experts and few tokens per rank: some experts get no token on some rank at most steps
+    torchrun([*TINY, "model=moe", "model.num_experts=16", "model.experts_per_token=1", "train.batch_size=1",
+              "data.seq_len=8", "train.max_steps=6", "hydra.run.dir=moe"], tmp_path)
+    rows = read_metrics(tmp_path / "moe")
+    assert rows[-1]["step"] == 6 and min(min(layer) for layer in rows[-1]["expert_load"]) == 0.0
