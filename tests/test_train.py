@@ -191,3 +191,26 @@ def test_wandb_goes_offline_without_key_and_never_writes_the_key(tmp_path):
     for path in (tmp_path / "withkey").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_usr2_saves_a_checkpoint_at_the_current_step_then_stops(reference_run, tmp_path):
+    """SLURM's warning signal (USR2): the step in progress is finished and saved before the process goes."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "zer02llm.train", *RESUMABLE, "train.save_interval=1000", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run_dir / "train.log"
+    deadline = time.time() + 240
+    while not (log.exists() and "step 10/" in log.read_text()) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before the signal"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGUSR2)
+    assert proc.wait(timeout=120) == -signal.SIGUSR2  # then the default action of USR2, as without submitit
+    saved = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    assert saved is not None and 10 <= int(saved.name.split("_")[1]) < STEPS
+    assert "received SIGUSR2" in log.read_text()
+    run_module("zer02llm.train", [*RESUMABLE, "train.save_interval=1000", f"hydra.run.dir={run_dir}",
+                                  "train.resume=auto"], cwd=tmp_path)
+    expected, got = final_weights(reference_run), final_weights(run_dir)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
 from zer02llm.model import IGNORE_INDEX, Output, Transformer
 from zer02llm.model.lora import apply_lora, save_adapter
 from zer02llm.resources import sample_data_path
+from zer02llm.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
 from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses
 
@@ -174,7 +176,9 @@ class Trainer:
         # every target token of the step, on every rank, weighs the same, however the micro-batches'
         # counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
         counts = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
-        total = int(distributed.all_reduce_sum(torch.tensor(sum(counts))).item())
+        total = sum(counts) * self.env.world_size  # pretraining: every rank has as many targets
+        if self.env.enabled and self.cfg.mode.name == "sft":
+            total = int(distributed.all_reduce_sum(torch.tensor(sum(counts), device=self.device)).item())
         sums: dict[str, torch.Tensor] = {}
         for i, ((inputs, targets), count) in enumerate(zip(batches, counts)):
             if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
@@ -274,8 +278,11 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         cfg = self.cfg
-        if cfg.train.resume:
-            self.resume(cfg.train.resume)
+        resume = cfg.train.resume
+        if resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+            resume = "auto"  # a requeued SLURM job continues from its own run directory's checkpoint
+        if resume:
+            self.resume(resume)
         n_params, n_active = self.model.num_params(), self.model.num_params(active=True)
         active = f", {n_active / 1e6:.2f}M active per token" if n_active != n_params else ""
         n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -300,9 +307,17 @@ class Trainer:
         # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (sys.stderr.isatty() and self.env.is_main))
+        stop = StopSignals()
         with logging_redirect_tqdm():
             try:
                 while self.step < self.total_steps:
+                    if self.stop_requested(stop):
+                        if saved_step != self.step:
+                            self.save()
+                            saved_step = self.step
+                        distributed.barrier()  # no rank leaves before the checkpoint is on disk
+                        stop.forward()  # submitit requeues the job; without it the signal ends the run
+                        return last
                     stats = self.train_step()
                     window_steps += 1
                     window_tokens += stats["tokens"]
@@ -343,6 +358,7 @@ class Trainer:
                         self.save()
                         saved_step = self.step
             finally:
+                stop.restore()
                 bar.close()
                 if saved_step != self.step and self.step > 0:
                     log.warning("stopped at step %d; the last checkpoint is step %d", self.step, saved_step)
@@ -356,6 +372,11 @@ class Trainer:
             log.info("loss curves: %s", plot)
         self.write_summary(rows, time.perf_counter() - fit_start, fit_start_step)
         return last
+
+    def stop_requested(self, stop: StopSignals) -> bool:
+        """Whether any rank got a stop signal; all ranks agree, so they stop at the same step."""
+        flag = torch.tensor([1 if stop.received is not None else 0], device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item()) if self.env.enabled else stop.received is not None
 
     def reduce_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The step's figures over all ranks: the loss summed (each rank holds its share), the rest averaged."""
