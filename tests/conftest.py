@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,10 @@ from pathlib import Path
 from typing import Iterable
 
 import pytest
+import torch
+import torch.nn as nn
+
+from zer02llm.model.transformer import RMSNorm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -59,3 +64,22 @@ def run_module(module: str, args: Iterable[str], cwd: Path, timeout: float = 300
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Unit-scale weights (1/sqrt(fan_in)) and norm gains around 1, so every part of the model matters.
+
+    At the 0.02 init attention is nearly uniform and logits nearly constant, so comparisons against a
+    reference would pass for almost any implementation.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                w = torch.randn(module.weight.shape, generator=gen, dtype=torch.float64)
+                module.weight.copy_(w / math.sqrt(module.weight.shape[1]))
+            elif isinstance(module, nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
+            elif isinstance(module, RMSNorm):
+                module.weight.copy_(1.0 + 0.3 * torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
+    return model

@@ -17,7 +17,8 @@ from zer02llm.config import ModelConfig
 from zer02llm.model import Transformer
 from zer02llm.model.lora import (LoRALinear, apply_lora, load_adapter, load_lora_state_dict, lora_modules,
                                  lora_parameters, lora_state_dict, merge_lora, save_adapter)
-from zer02llm.model.transformer import RMSNorm
+
+from conftest import randomize
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")
@@ -33,18 +34,7 @@ def small_cfg(**overrides) -> ModelConfig:
 def build(dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> Transformer:
     """A small model with unit-scale weights (1/sqrt(fan_in)) and norm gains around 1."""
     torch.manual_seed(seed)
-    model = Transformer(small_cfg(**overrides))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                w = torch.randn(module.weight.shape, generator=gen, dtype=torch.float64)
-                module.weight.copy_(w / math.sqrt(module.weight.shape[1]))
-            elif isinstance(module, nn.Embedding):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
-            elif isinstance(module, RMSNorm):
-                module.weight.copy_(1.0 + 0.3 * torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
-    return model.to(dtype).eval()
+    return randomize(Transformer(small_cfg(**overrides)), seed).to(dtype).eval()
 
 
 def tokens(batch: int = 2, length: int = 16, seed: int = 1) -> torch.Tensor:

@@ -12,11 +12,12 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 from zer02llm.config import ModelConfig
 from zer02llm.model import IGNORE_INDEX, Transformer
-from zer02llm.model.transformer import RMSNorm, apply_rope, rope_tables
+from zer02llm.model.transformer import apply_rope, rope_tables
+
+from conftest import randomize
 
 IMPLS = ("sdpa", "math")
 
@@ -25,21 +26,6 @@ def small_cfg(**overrides) -> ModelConfig:
     values = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, rope_theta=100.0)
     values.update(overrides)
     return ModelConfig(**values)
-
-
-def randomize(model: Transformer, seed: int = 0) -> Transformer:
-    """Unit-scale weights (1/sqrt(fan_in)) and norm gains around 1, so every part of the model matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                w = torch.randn(module.weight.shape, generator=gen, dtype=torch.float64)
-                module.weight.copy_(w / math.sqrt(module.weight.shape[1]))
-            elif isinstance(module, nn.Embedding):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
-            elif isinstance(module, RMSNorm):
-                module.weight.copy_(1.0 + 0.3 * torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
-    return model
 
 
 def build(impl: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0, random_weights: bool = True,
