@@ -255,3 +255,15 @@ def test_moe_config_round_trips_through_a_checkpoint_dict():
 
     cfg = moe_cfg(num_experts=8, capacity_factor=1.5)
     assert model_config_from_dict(dataclasses.asdict(cfg)) == cfg
+
+
+def test_per_expert_fallback_equals_grouped_matmul(monkeypatch):
+    """Where grouped_mm is missing or disagrees with plain matmuls, the per-expert loop gives the same."""
+    import zer02llm.model.moe as moe
+
+    layer = moe_layer(dtype=torch.float32)
+    x = torch.randn(3, 7, 16)
+    grouped, _ = layer(x)
+    monkeypatch.setattr(moe, "_grouped_mm_agrees", lambda device, dtype: False)
+    fallback, _ = layer(x)
+    torch.testing.assert_close(fallback, grouped, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ gets a gradient (zero when it received no token) on every step: DDP never waits 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -38,10 +39,28 @@ def _grouped_mm_supported(x: torch.Tensor) -> bool:
     if x.device.type == "cpu":
         # eager CPU kernels take float32 too, but the compiler's shape rules accept only bfloat16
         allowed = (torch.bfloat16,) if torch.compiler.is_compiling() else (torch.float32, torch.bfloat16, torch.float16)
-        return x.dtype in allowed
-    if x.device.type == "cuda":
-        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 8
-    return False
+        supported = x.dtype in allowed
+    elif x.device.type == "cuda":
+        supported = x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 8
+    else:
+        return False
+    # in eager mode, check once per device and dtype that the kernel runs and agrees with plain
+    # matmuls (builds differ in what they accept); the compiler follows the rules above
+    return supported and (torch.compiler.is_compiling() or _grouped_mm_agrees(x.device, x.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _grouped_mm_agrees(device: torch.device, dtype: torch.dtype) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 16, generator=gen).to(device, dtype)
+    b = torch.randn(3, 16, 8, generator=gen).to(device, dtype)
+    offsets = torch.tensor([2, 2, 6], dtype=torch.int32, device=device)
+    try:
+        got = F.grouped_mm(a, b, offs=offsets).float()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    expected = torch.cat([a[:2] @ b[0], a[2:6] @ b[2]]).float()
+    return bool(torch.allclose(got, expected, rtol=2e-2, atol=2e-2))
 
 
 class RouterStats(NamedTuple):
