@@ -47,7 +47,7 @@ except ImportError:  # a checkout that is not pip-installed
 from zer02llm.config import Config, ModelConfig, MoEConfig, model_problems
 from zer02llm.model import IGNORE_INDEX, Transformer
 from zer02llm.sampling import SamplingParams, generate
-from zer02llm.trainer import build_optimizer
+from zer02llm.optim import build_optimizer
 
 SEED = 0
 PROMPT_LEN = 16

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from zer02llm import checkpoint as ckpt
 from zer02llm.config import ConfigError, ModelConfig
 from zer02llm.model import Transformer
-from zer02llm.trainer import lr_at
+from zer02llm.optim import lr_at
 
 from conftest import REPO, TINY, read_metrics, run_module
 

@@ -28,6 +28,7 @@ from zer02llm.data.sampler import BatchSampler
 from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
 from zer02llm.model import IGNORE_INDEX, Output, Transformer
 from zer02llm.model.lora import apply_lora, save_adapter
+from zer02llm.optim import build_optimizer, lr_at
 from zer02llm.resources import sample_data_path
 from zer02llm.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
@@ -67,30 +68,6 @@ def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
         train_file, val_file = SAMPLE_FILES[cfg.mode.name]
         return str(sample_data_path(train_file)), cfg.data.val_path or str(sample_data_path(val_file))
     return cfg.data.train_path, cfg.data.val_path
-
-
-def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup to lr over warmup_steps, then cosine decay to lr * min_lr_ratio at total_steps."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    min_lr = lr * min_lr_ratio
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (linear weights, embeddings), none on norms' gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # the fused kernel does the whole update in one launch on GPUs (and exists for CPU in recent torch)
-    fused = device.type in ("cuda", "cpu")
-    try:
-        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
 
 
 class Trainer:
