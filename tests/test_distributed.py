@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from conftest import TINY, read_metrics, run_module
 
-pytestmark = pytest.mark.slow
 DDP = [*TINY, "train.max_steps=20", "train.save_interval=10", "train.eval_batches=-1"]
 
 
@@ -40,6 +39,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"work": work, "ddp": work / "ddp", "single": work / "single"}
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
     ddp, single = read_metrics(runs["ddp"]), read_metrics(runs["single"])
     assert [r["step"] for r in ddp] == [r["step"] for r in single]
@@ -52,6 +52,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
     assert_same_weights(weights(runs["ddp"]), weights(runs["single"]))
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes(runs, tmp_path):
     torchrun([*TINY, "train.max_steps=3", "train.batch_size=2"], tmp_path)  # Hydra's default run directory
     run_dirs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
@@ -62,6 +63,7 @@ def test_only_rank_0_writes(runs, tmp_path):
     assert "(2 ranks)" in log and log.count("saved checkpoint") == 1
 
 
+@pytest.mark.slow
 def test_resume_a_two_rank_run_with_two_ranks_or_one(runs):
     work, step10 = runs["work"], runs["ddp"] / "checkpoints" / "step_0000010"
     torchrun([*DDP, "train.batch_size=2", f"train.resume={step10}", "hydra.run.dir=resumed2"], work)
@@ -76,9 +78,25 @@ def test_resume_a_two_rank_run_with_two_ranks_or_one(runs):
     assert proc.returncode == 2 and "global batch" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_moe_with_idle_experts_does_not_hang(tmp_path):
     # many experts and few tokens per rank: some experts get no token on some rank at most steps
     torchrun([*TINY, "model=moe", "model.num_experts=16", "model.experts_per_token=1", "train.batch_size=1",
               "data.seq_len=8", "train.max_steps=6", "hydra.run.dir=moe"], tmp_path)
     rows = read_metrics(tmp_path / "moe")
     assert rows[-1]["step"] == 6 and min(min(layer) for layer in rows[-1]["expert_load"]) == 0.0
+
+
+def test_environment_reading(monkeypatch):
+    from zer02llm.distributed import DistEnv, read_env
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert read_env() == DistEnv(0, 0, 1) and not read_env().enabled
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # an allocation, not a 4-task step: one process, no waiting
+    assert read_env() == DistEnv(0, 0, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun's variables
+    env = read_env()
+    assert env == DistEnv(3, 1, 4) and env.enabled and not env.is_main

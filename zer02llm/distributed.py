@@ -32,7 +32,9 @@ class DistEnv:
 
 def read_env() -> DistEnv:
     """This process's place in the job, from torchrun's variables or SLURM's (through submitit)."""
-    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and _in_submitit_job():
+    # a job step with several tasks (srun, or submitit's tasks_per_node > 1); SLURM_NTASKS alone also
+    # describes an allocation in which one process may be run by hand, which must not wait for others
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and _in_submitit_job():
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
