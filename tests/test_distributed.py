@@ -100,3 +100,27 @@ def test_environment_reading(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun's variables
     env = read_env()
     assert env == DistEnv(3, 1, 4) and env.enabled and not env.is_main
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_its_checkpoints_load_at_another_world_size(runs):
+    work = runs["work"]
+    torchrun([*DDP, "train.batch_size=2", "distributed.strategy=fsdp", "hydra.run.dir=fsdp"], work)
+    fsdp, single = read_metrics(work / "fsdp"), read_metrics(runs["single"])
+    for a, b in zip(fsdp, single):
+        for key in ("loss", "val_loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5)
+    assert_same_weights(weights(work / "fsdp"), weights(runs["single"]))
+    # the sharded checkpoint holds whole tensors: one process resumes it (same global batch)
+    step10 = work / "fsdp" / "checkpoints" / "step_0000010"
+    run_module("zer02llm.train", [*DDP, "train.batch_size=4", f"train.resume={step10}", "hydra.run.dir=fsdp_to_1"],
+               cwd=work)
+    assert_same_weights(weights(work / "fsdp_to_1"), weights(runs["single"]))
+    # and so do two sharded ranks, from their own checkpoint
+    torchrun([*DDP, "train.batch_size=2", "distributed.strategy=fsdp", f"train.resume={step10}",
+              "hydra.run.dir=fsdp_resumed"], work)
+    assert_same_weights(weights(work / "fsdp_resumed"), weights(work / "fsdp"), exact=True)
+    # generation loads the gathered checkpoint like any other
+    proc = run_module("zer02llm.generate", [f"checkpoint={work / 'fsdp'}", "prompt=Once", "max_new_tokens=3"], cwd=work)
+    assert proc.stdout.startswith("Once")

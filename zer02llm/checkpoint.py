@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from zer02llm.config import ConfigError, ModelConfig
 
@@ -40,12 +40,16 @@ def _fsync_tree(path: Path) -> None:
 
 
 def save_checkpoint(checkpoint_root: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any],
-                    config: dict[str, Any], tokenizer_dir: Path, keep: int) -> Path:
-    """Write checkpoint_root/step_N atomically, point `last` at it, keep only the newest `keep`."""
+                    config: dict[str, Any], tokenizer_dir: Path, keep: int,
+                    weights: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    """Write checkpoint_root/step_N atomically, point `last` at it, keep only the newest `keep`.
+
+    `weights`: a full state dict gathered from a sharded model, written instead of `model`'s own.
+    """
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_root / f"step_{step:07d}"
     tmp = checkpoint_root / f".step_{step:07d}.tmp"
-    _write_model_dir(tmp, model, {"step": step, **config}, tokenizer_dir)
+    _write_model_dir(tmp, model, {"step": step, **config}, tokenizer_dir, weights)
     torch.save(trainer_state, tmp / "trainer.pt")
     _fsync_tree(tmp)
     if final.exists():  # saving the same step again (a resumed run): the new copy wins
@@ -60,11 +64,15 @@ def save_checkpoint(checkpoint_root: Path, step: int, model: torch.nn.Module, tr
     return final
 
 
-def _write_model_dir(directory: Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_dir: Path) -> None:
+def _write_model_dir(directory: Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_dir: Path,
+                     weights: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Weights, config.json and the tokenizer: what inference needs, in a fresh directory."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    save_model(model, str(directory / "model.safetensors"))
+    if weights is None:
+        save_model(model, str(directory / "model.safetensors"))
+    else:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
     (directory / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
@@ -130,6 +138,11 @@ def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Weights of `checkpoint` into `model` (a Transformer), refusing another model config."""
     check_model_config(read_checkpoint_config(checkpoint)["model"], model.cfg, checkpoint)
     load_weights(model, checkpoint)
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors by name (tied weights appear once)."""
+    return load_file(str(checkpoint / "model.safetensors"))
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:

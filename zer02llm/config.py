@@ -161,6 +161,13 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # "ddp": every rank holds the whole model; "fsdp": parameters, gradients and optimizer state
+    # sharded across ranks (PyTorch's FSDP2, fully_shard), for models that do not fit one GPU
+    strategy: str = "ddp"
+
+
+@dataclass
 class WandbConfig:
     project: str = "zer02llm"
     entity: Optional[str] = None
@@ -177,6 +184,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # "none" or "wandb" (offline automatically when no API key is configured)
     logger: str = "none"
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -359,6 +367,8 @@ def validate(cfg: Config, check_files: bool = True) -> None:
             problems.append(f"lora.dropout={lora.dropout}: must be in [0, 1)")
         if not lora.targets:
             problems.append("lora.targets=[]: name at least one layer, e.g. [q_proj,v_proj]")
+    if cfg.distributed.strategy not in ("ddp", "fsdp"):
+        problems.append(f"distributed.strategy={cfg.distributed.strategy!r}: must be ddp or fsdp")
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
     if check_files:

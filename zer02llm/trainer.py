@@ -18,6 +18,10 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from zer02llm import checkpoint as ckpt
@@ -35,6 +39,8 @@ from zer02llm.tokenizer import Tokenizer
 from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses
 
 log = logging.getLogger(__name__)
+# sharded state gathered whole, on the CPU: checkpoints independent of the world size
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -107,9 +113,14 @@ class Trainer:
             wrapped = apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
             log.info("LoRA rank %d on %d layers (%s)", cfg.lora.rank, len(wrapped), ", ".join(cfg.lora.targets))
         # DDP all-reduces gradients; experts idle on a rank still hold (zero) gradients, so no
-        # find_unused_parameters is needed
+        # find_unused_parameters is needed. FSDP2 shards each block and the rest in place.
         self.ddp = self.model
-        if self.env.enabled:
+        self.sharded = self.env.enabled and cfg.distributed.strategy == "fsdp"
+        if self.sharded:
+            for layer in self.model.layers:
+                fully_shard(layer)
+            fully_shard(self.model)
+        elif self.env.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         self.forward = torch.compile(self.ddp) if cfg.hardware.compile else self.ddp
@@ -164,7 +175,11 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             # gradients are all-reduced once per step, on the last micro-batch
             last_micro = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last_micro or not self.env.enabled else self.ddp.no_sync()
+            if self.sharded:
+                self.model.set_requires_gradient_sync(last_micro)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last_micro or not self.env.enabled else self.ddp.no_sync()
             with sync:
                 out = self.forward_backward(inputs, targets, count * self.env.world_size / total)
             sums["loss"] = sums.get("loss", 0) + out.loss.detach().float() * (count / total)
@@ -193,12 +208,17 @@ class Trainer:
         if self.cfg.train.eval_batches > 0:
             n_batches = min(n_batches, self.cfg.train.eval_batches)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * targets, targets
-        for b in range(self.env.rank, n_batches, self.env.world_size):
+        # every rank runs the same number of forwards (a sharded model gathers its weights in each);
+        # a rank past the end repeats batch 0 with weight 0
+        for i in range(math.ceil(n_batches / self.env.world_size)):
+            b = i * self.env.world_size + self.env.rank
+            counted = b < n_batches
+            b = b if counted else 0
             indices = list(range(b * batch_size, min(len(self.val_data), (b + 1) * batch_size)))
             inputs, targets = self.val_data.batch(indices)
             with self.autocast():
                 loss = self.model(inputs.to(self.device), targets.to(self.device)).loss
-            n_targets = int((targets != IGNORE_INDEX).sum())  # SFT: assistant tokens only
+            n_targets = int((targets != IGNORE_INDEX).sum()) if counted else 0  # SFT: assistant tokens only
             sums += torch.tensor([loss.item() * n_targets, n_targets], dtype=torch.float64, device=self.device)
         distributed.all_reduce_sum(sums)
         self.model.train()
@@ -210,14 +230,25 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+        if self.sharded:  # gathered whole and keyed by parameter name: loadable at any world size
+            optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
+        else:
+            optimizer = self.optimizer.state_dict()
+        return {"step": self.step, "optimizer": optimizer, "optimizer_by_name": self.sharded,
+                "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
                 "tokens_seen": self.tokens_seen,
                 "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer_by_name"):  # written by a sharded run
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=FULL_STATE)
+        elif self.sharded:
+            raise ConfigError("this checkpoint was written without distributed.strategy=fsdp: resume it "
+                              "with distributed.strategy=ddp (any world size with the same global batch)")
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -227,12 +258,18 @@ class Trainer:
         self.tokens_seen = state.get("tokens_seen", 0)
 
     def save(self) -> Optional[Path]:
+        weights = None
+        if self.sharded:  # every rank takes part in gathering the shards
+            weights = get_model_state_dict(self.model, options=FULL_STATE)
+            if self.cfg.model.tie_embeddings:  # stored once, under the name safetensors' save_model keeps
+                weights.pop("tok_embeddings.weight", None)
+        state = self.state_dict()
         if not self.env.is_main:
             return None
         config = {"model": dataclasses.asdict(self.cfg.model), "mode": self.cfg.mode.name,
                   "lora": dataclasses.asdict(self.cfg.lora), "config": self.resolved_config}
-        path = ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model, self.state_dict(), config,
-                                    self.tokenizer.path, self.cfg.train.keep_checkpoints)
+        path = ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model, state, config,
+                                    self.tokenizer.path, self.cfg.train.keep_checkpoints, weights)
         if self.cfg.lora.rank > 0:  # the adapters alone too: a small file to ship or merge later
             save_adapter(self.model, path / "adapter", {"step": self.step, "model": dataclasses.asdict(self.cfg.model)})
         log.info("saved checkpoint %s", path)
@@ -246,7 +283,15 @@ class Trainer:
                 return
         else:
             found = ckpt.resolve_checkpoint(where)
-        ckpt.load_model_weights(self.model, found)
+        if self.sharded:
+            ckpt.check_model_config(ckpt.read_checkpoint_config(found)["model"], self.cfg.model, found)
+            weights = ckpt.read_weights(found)
+            if self.cfg.model.tie_embeddings:  # one tensor under two names
+                shared = weights.get("lm_head.weight", weights.get("tok_embeddings.weight"))
+                weights.update({"lm_head.weight": shared, "tok_embeddings.weight": shared})
+            set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True))
+        else:
+            ckpt.load_model_weights(self.model, found)
         self.load_state_dict(ckpt.load_trainer_state(found, self.device))
         if self.env.is_main:
             self.metrics.truncate_after(self.step)
