@@ -180,7 +180,6 @@ def test_signalled_job_checkpoints_requeues_and_ends_like_an_uninterrupted_run(s
     assert launcher.returncode == 0, output
     log = (sweep / "0" / "train.log").read_text()
     assert "received SIGUSR2" in log and "resumed from" in log, log
-    assert not (sweep / "0" / "checkpoints" / "step_0001500").exists() or "resumed from" in log
 
     run_module("zer02llm.train", [*common, "hydra.run.dir=reference"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     import torch

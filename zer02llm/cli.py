@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable, TypeVar
+
+from zer02llm.config import ConfigError
+
+C = TypeVar("C")
+
+
+def run_reporting_errors(run: Callable[[C], object], cfg: C) -> None:
+    """Run a command on its config; a bad setting or a missing file is one line on stderr and exit
+    status 2 (no traceback), Ctrl-C exit status 130."""
+    try:
+        run(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
 
 def hydra_quote(value: str) -> str:
     """Quote a raw string for Hydra's override grammar, keeping it literal.

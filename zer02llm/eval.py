@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Optional, TextIO
 import hydra
 from omegaconf import OmegaConf
 
-from zer02llm.cli import quote_text_overrides
+from zer02llm.cli import quote_text_overrides, run_reporting_errors
 from zer02llm.config import ConfigError, EvalConfig, register_configs
 from zer02llm.resources import shipped_path
 
@@ -142,14 +142,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="eval")
 def main(dict_cfg) -> None:
-    cfg: EvalConfig = OmegaConf.to_object(dict_cfg)
-    try:
-        run(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_reporting_errors(run, OmegaConf.to_object(dict_cfg))
 
 
 def cli() -> None:

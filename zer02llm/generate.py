@@ -7,8 +7,8 @@ import sys
 import hydra
 from omegaconf import OmegaConf
 
-from zer02llm.cli import quote_text_overrides
-from zer02llm.config import ConfigError, GenerateConfig, register_configs
+from zer02llm.cli import quote_text_overrides, run_reporting_errors
+from zer02llm.config import GenerateConfig, register_configs
 from zer02llm.resources import shipped_path
 
 register_configs()
@@ -39,12 +39,7 @@ def run(cfg: GenerateConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="generate")
 def main(dict_cfg) -> None:
-    cfg: GenerateConfig = OmegaConf.to_object(dict_cfg)
-    try:
-        run(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(run, OmegaConf.to_object(dict_cfg))
 
 
 def cli() -> None:

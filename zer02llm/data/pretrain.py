@@ -39,7 +39,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def cache_key(path: str | os.PathLike, tokenizer: Tokenizer) -> str:
+def cache_key(path: str | os.PathLike, tokenizer: Tokenizer, extra: Optional[dict] = None) -> str:
+    """Identity of a tokenized file: the data file (path, size, mtime), the tokenizer, and `extra`
+    (what else shapes the tokens, e.g. SFT's chat template)."""
     stat = os.stat(path)
     identity = {
         "format": CACHE_FORMAT,
@@ -49,6 +51,7 @@ def cache_key(path: str | os.PathLike, tokenizer: Tokenizer) -> str:
         "tokenizer": tokenizer.fingerprint,
         "bos": tokenizer.bos_id,
         "eos": tokenizer.eos_id,
+        **({"extra": extra} if extra else {}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -249,13 +249,6 @@ def next_token_targets(ids: np.ndarray, supervised: np.ndarray) -> tuple[np.ndar
     return ids[:-1], np.where(supervised[1:], ids[1:], IGNORE_INDEX)
 
 
-def sft_cache_key(path: str | os.PathLike, template: ChatTemplate) -> str:
-    """pretrain's cache key (data file identity + tokenizer) extended by the template and SFT format."""
-    identity = {"base": cache_key(path, template.tokenizer), "sft_format": SFT_CACHE_FORMAT,
-                "template": template.fingerprint}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-
-
 @dataclass
 class SFTTokenFile:
     """A tokenized SFT corpus on disk, all flat: tokens, a 0/1 uint8 supervised mask of the same
@@ -290,7 +283,8 @@ def tokenize_sft_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_d
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
-    stem = cache_dir / f"{Path(path).stem}-{sft_cache_key(path, template)}"
+    key = cache_key(path, tokenizer, extra={"sft_format": SFT_CACHE_FORMAT, "template": template.fingerprint})
+    stem = cache_dir / f"{Path(path).stem}-{key}"
     files = {name: stem.with_name(f"{stem.name}.{name}.bin") for name in ("tokens", "mask", "offsets")}
     meta_path = stem.with_name(f"{stem.name}.json")
 
