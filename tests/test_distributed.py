@@ -124,3 +124,17 @@ def test_fsdp_matches_one_process_and_its_checkpoints_load_at_another_world_size
     # generation loads the gathered checkpoint like any other
     proc = run_module("zer02llm.generate", [f"checkpoint={work / 'fsdp'}", "prompt=Once", "max_new_tokens=3"], cwd=work)
     assert proc.stdout.startswith("Once")
+
+
+@pytest.mark.slow
+def test_sft_ranks_weigh_every_assistant_token_like_one_process(tmp_path):
+    """SFT batches hold different numbers of targets per rank: the step still averages over all of them."""
+    args = [*TINY, "mode=sft", "train.lr=1e-3", "train.max_steps=10", "train.eval_batches=-1", "data.seq_len=64"]
+    torchrun([*args, "train.batch_size=2", "hydra.run.dir=ddp"], tmp_path)
+    run_module("zer02llm.train", [*args, "train.batch_size=4", "hydra.run.dir=single"], cwd=tmp_path)
+    ddp, single = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
+    for a, b in zip(ddp, single):
+        for key in ("loss", "val_loss", "tokens"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert_same_weights(weights(tmp_path / "ddp", 10), weights(tmp_path / "single", 10))

@@ -214,3 +214,33 @@ def test_usr2_saves_a_checkpoint_at_the_current_step_then_stops(reference_run, t
     expected, got = final_weights(reference_run), final_weights(run_dir)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    """train.max_steps=-1: as many optimizer steps as train.epochs passes over the packed windows."""
+    import json as _json
+
+    from zer02llm.resources import sample_data_path
+    from zer02llm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load()
+    lines = sample_data_path("pretrain.jsonl").read_text(encoding="utf-8").splitlines()
+    n_tokens = sum(len(tokenizer.encode(_json.loads(line)["text"])) + 2 for line in lines if line.strip())
+    windows = (n_tokens - 1) // 32  # TINY: data.seq_len=32
+    expected = math.ceil(0.05 * (windows // 4))  # batch 4, one micro-batch per step
+    run_module("zer02llm.train", [*TINY, "train.max_steps=-1", "train.epochs=0.05", "hydra.run.dir=run"],
+               cwd=tmp_path)
+    assert _json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == expected
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    args = [*TINY, "train.max_steps=10"]
+    run_module("zer02llm.train", [*args, "hydra.run.dir=eager"], cwd=tmp_path)
+    run_module("zer02llm.train", [*args, "hardware.compile=true", "hydra.run.dir=compiled"], cwd=tmp_path)
+    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    assert [r["step"] for r in eager] == [r["step"] for r in compiled]
+    for a, b in zip(eager, compiled):
+        for key in ("loss", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4)

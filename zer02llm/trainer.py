@@ -164,8 +164,8 @@ class Trainer:
         # every target token of the step, on every rank, weighs the same, however the micro-batches'
         # counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
         counts = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
-        total = sum(counts) * self.env.world_size  # pretraining: every rank has as many targets
-        if self.env.enabled and self.cfg.mode.name == "sft":
+        total = sum(counts) * self.env.world_size  # packed data: every rank has as many targets
+        if self.env.enabled and not self.train_data.fixed_targets:
             total = int(distributed.all_reduce_sum(torch.tensor(sum(counts), device=self.device)).item())
         sums: dict[str, torch.Tensor] = {}
         for i, ((inputs, targets), count) in enumerate(zip(batches, counts)):

@@ -143,6 +143,8 @@ def write_atomic(path: Path, text: str) -> None:
 class PackedDataset:
     """Non-overlapping windows of seq_len + 1 tokens over a token file; sample i -> (inputs, targets)."""
 
+    fixed_targets = True  # every batch of the same size has the same number of targets (no padding)
+
     def __init__(self, token_file: TokenFile, seq_len: int):
         self.tokens = token_file.load()
         self.seq_len = seq_len

@@ -397,6 +397,8 @@ class SFTDataset:
     the kept samples that were cut.
     """
 
+    fixed_targets = False  # padding and prompts vary the number of targets per batch
+
     def __init__(self, token_file: SFTTokenFile, seq_len: int, pad_id: int):
         if seq_len < 1:
             raise DataError(f"data.seq_len={seq_len} is not positive")
