@@ -174,7 +174,7 @@ def rows_of(steps: list[int], base: float, val: bool = False) -> list[dict]:
     rows = [{"step": s, "loss": base - 0.1 * s, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1000.0 + s,
              "tokens": 128 * s} for s in steps]
     if val:
-        rows[-1].update(val_loss=base - 0.05 * steps[-1], val_ppl=1.0)
+        rows[-1].update(val_loss=base - 0.05 * steps[-1], val_ppl=1.0, val_bpb=(base - 0.05 * steps[-1]) / 4)
     return rows
 
 
@@ -184,7 +184,7 @@ def hand_made(tmp_path) -> Path:
     common = ["data.seq_len=32"]
     make_job(root, "0", ["train.lr=1e-3", *common], metrics=rows_of([2, 4], 9.0, val=True),
              summary={"params": 1000, "active_params": 1000, "steps": 4, "final_loss": 8.6, "final_val_loss": 8.8,
-                      "tokens_per_s": 1003.0, "wall_seconds": 75.5},
+                      "final_val_bpb": 2.5, "tokens_per_s": 1003.0, "wall_seconds": 75.5},
              log="[2026-11-28 01:00:00,000][zer02llm.train][INFO] - run directory: x\n")
     # a config error: no metrics, no summary, the message in the log (two lines)
     make_job(root, "1", ["train.lr=1e-2", *common],
@@ -230,9 +230,9 @@ def test_summarize_hand_made_sweep_writes_all_three_files(hand_made, capsys):
     assert [(c[0], c[1], c[-1]) for c in table] == [
         ("0", "train.lr=1e-3", OK), ("1", "train.lr=1e-2", FAILED), ("2", "train.lr=1e-1", INCOMPLETE),
         ("3", "train.lr=1e30", FAILED), ("10", "", INCOMPLETE)]
-    assert table[0][2:8] == ["1.00K", "4", "8.6000", "8.8000", "1,003", "0:01:16"]
-    assert table[1][2:8] == [""] * 6  # a failed job: empty figures
-    assert table[2][2:8] == ["", "6", "8.4000", "", "1,004", ""]
+    assert table[0][2:9] == ["1.00K", "4", "8.6000", "8.8000", "2.5000", "1,003", "0:01:16"]
+    assert table[1][2:9] == [""] * 7  # a failed job: empty figures
+    assert table[2][2:9] == ["", "6", "8.4000", "", "", "1,004", ""]
     text = md.read_text()
     assert "5 jobs (1 ok, 2 failed, 2 incomplete). Swept: `train.lr`." in text
     assert "Common overrides: `data.seq_len=32`." in text
@@ -244,6 +244,7 @@ def test_summarize_hand_made_sweep_writes_all_three_files(hand_made, capsys):
         ("0", OK, "1e-3"), ("1", FAILED, "1e-2"), ("2", INCOMPLETE, "1e-1"), ("3", FAILED, "1e30"),
         ("10", INCOMPLETE, "")]
     assert rows[0]["params"] == "1000" and float(rows[0]["final_val_loss"]) == 8.8
+    assert float(rows[0]["final_val_bpb"]) == 2.5
     assert rows[2]["params"] == "" and float(rows[2]["final_train_loss"]) == pytest.approx(8.4)
     assert (hand_made / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
 
@@ -252,7 +253,7 @@ def test_a_sweep_of_jobs_without_metrics_still_gets_a_plot(tmp_path):
     make_job(tmp_path, "0", ["a=1"])
     summarize(tmp_path, echo=False)
     assert (tmp_path / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
-    assert md_rows(tmp_path / "summary.md") == [["0", "a=1", "", "", "", "", "", "", INCOMPLETE]]
+    assert md_rows(tmp_path / "summary.md") == [["0", "a=1", "", "", "", "", "", "", "", INCOMPLETE]]
 
 
 def test_markdown_cells_escape_pipes(tmp_path):
@@ -295,7 +296,8 @@ def test_callback_records_each_jobs_end(tmp_path):
     job = tmp_path / "0"
     job.mkdir()
     callback.on_job_end(config=hydra_config(tmp_path, job), job_return=failed)
-    assert json.loads((job / sweep.JOB_STATUS).read_text()) == {"status": "FAILED", "error": "ValueError: bad value"}
+    assert json.loads((job / sweep.JOB_STATUS).read_text()) == {"status": "FAILED",
+                                                                "error": "ValueError: bad value second line"}
     callback.on_job_end(config=hydra_config(tmp_path, job), job_return=JobReturn(status=JobStatus.COMPLETED))
     assert json.loads((job / sweep.JOB_STATUS).read_text()) == {"status": "COMPLETED"}
     single = tmp_path / "single"

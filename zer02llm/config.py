@@ -7,10 +7,11 @@ data and trainer code stay free of any config framework (they take these plain d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 ATTENTION_IMPLS = ("sdpa", "math")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -81,6 +82,7 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
 
 
 MODES = ("pretrain", "sft")
+PACKINGS = ("concat", "bos_aligned")  # zer02llm/data/packing.py
 
 
 @dataclass
@@ -112,19 +114,27 @@ class HardwareConfig:
     # "auto": bfloat16 on GPUs that support it, else float16; float32 on CPU
     dtype: str = "auto"
     compile: bool = False
+    # torch's intra-op CPU threads (torch.set_num_threads); null or 0: torch's default, one per core.
+    # Fewer threads than cores keeps a CPU run fast when other processes share the cores (README)
+    threads: Optional[int] = None
 
 
 @dataclass
 class DataConfig:
     # null: the small sample corpus shipped inside the package (zer02llm/sample_data/)
     train_path: Optional[str] = None
-    # null: no validation, except with the sample corpus, which has its own validation file
-    val_path: Optional[str] = None
+    # "auto": the sample corpus's own validation file when training on it, else none; null: no validation
+    val_path: Optional[str] = "auto"
     seq_len: int = 512
     # where tokenized corpora are cached; null: $XDG_CACHE_HOME/zer02llm or ~/.cache/zer02llm
     cache_dir: Optional[str] = None
     # true: the first malformed line is an error instead of being skipped and counted
     strict: bool = False
+    # pretraining windows: "concat" cuts the stream of documents anywhere; "bos_aligned" starts every
+    # window at a document's bos (longer documents cut, shorter ones packed best-fit; see README)
+    packing: str = "concat"
+    # true: a token attends only to earlier tokens of its own document within a packed window
+    document_mask: bool = False
 
 
 @dataclass
@@ -312,9 +322,50 @@ def _divisors_near(n: int, target: int) -> str:
     return ", ".join(str(d) for d in sorted(divisors[:3]))
 
 
-def validate(cfg: Config, check_files: bool = True) -> None:
-    """Raise ConfigError listing every bad value before anything heavy happens."""
-    problems = model_problems(cfg.model)
+def undeclared_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys of a composed DictConfig that no dataclass declares (`+train.lrr=1e-3`, a typo in a YAML
+    preset), each with the nearest valid names: OmegaConf would keep them and nothing would read them."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    problems: list[str] = []
+    schema = OmegaConf.get_type(node)
+    declared = ({f.name for f in dataclasses.fields(schema)}
+                if isinstance(schema, type) and dataclasses.is_dataclass(schema) else None)
+    for key in node.keys():
+        name = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            near = difflib.get_close_matches(str(key), sorted(declared), n=3, cutoff=0.5)
+            hint = (f"did you mean {' or '.join(prefix + n for n in near)}?" if near
+                    else f"valid keys here: {', '.join(sorted(declared))}")
+            problems.append(f"{name}: no such setting ({schema.__name__} has no key '{key}'); {hint}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            problems += undeclared_keys(child, f"{name}.")
+    return problems
+
+
+def device_problems(hardware: HardwareConfig) -> list[str]:
+    """A CUDA preset on a machine without a GPU (torch is imported only for a CUDA device)."""
+    if not hardware.device.startswith("cuda"):
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return [f"hardware.device={hardware.device} (hardware={hardware.name}) needs a CUDA GPU, but "
+            f"torch.cuda.is_available() is False on this machine: use hardware=cpu, or hardware.device=auto "
+            f"to fall back to the CPU"]
+
+
+def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()) -> None:
+    """Raise ConfigError listing every bad value before anything heavy happens.
+
+    `problems`: found before, e.g. by undeclared_keys() on the composed config, reported with the rest.
+    """
+    problems = list(problems) + model_problems(cfg.model)
     train, data = cfg.train, cfg.data
     _require_positive(
         problems,
@@ -353,8 +404,19 @@ def validate(cfg: Config, check_files: bool = True) -> None:
         problems.append(f"hardware.dtype={cfg.hardware.dtype!r}: must be one of {', '.join(DTYPES)}")
     if not (cfg.hardware.device in ("auto", "cpu", "cuda", "mps") or cfg.hardware.device.startswith("cuda:")):
         problems.append(f"hardware.device={cfg.hardware.device!r}: must be auto, cpu, cuda, cuda:N or mps")
+    if cfg.hardware.threads is not None and cfg.hardware.threads < 0:
+        problems.append(f"hardware.threads={cfg.hardware.threads}: must be >= 1, or 0/null for torch's default")
     if cfg.hardware.device == "cpu" and cfg.hardware.dtype == "float16":
         problems.append("hardware.dtype=float16 on hardware.device=cpu: use float32 or bfloat16 on CPU")
+    problems += device_problems(cfg.hardware)
+    if data.packing not in PACKINGS:
+        problems.append(f"data.packing={data.packing!r}: must be one of {', '.join(PACKINGS)}")
+    if cfg.mode.name == "sft":
+        for key, value, default in (("data.packing", data.packing, "concat"),
+                                    ("data.document_mask", data.document_mask, False)):
+            if value != default:
+                problems.append(f"{key}={value} is for pretraining: an SFT window holds one conversation, "
+                                f"padded (drop the override with mode=sft)")
     if cfg.mode.name not in MODES:
         problems.append(f"mode.name={cfg.mode.name!r}: must be one of {', '.join(MODES)}")
     lora = cfg.lora
@@ -372,11 +434,20 @@ def validate(cfg: Config, check_files: bool = True) -> None:
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
     if check_files:
-        for key, path in {"data.train_path": data.train_path, "data.val_path": data.val_path}.items():
-            if path is not None and not os.path.isfile(path):
+        from zer02llm.data.jsonl import unsupported_input  # stdlib only: still nothing heavy imported
+
+        val_path = None if data.val_path == "auto" else data.val_path
+        for key, path in {"data.train_path": data.train_path, "data.val_path": val_path}.items():
+            if path is not None and not os.path.exists(path):
                 problems.append(f"{key}={path}: no such file (relative paths start from {os.getcwd()})")
-        if cfg.tokenizer.path is not None and not os.path.isfile(os.path.join(cfg.tokenizer.path, "tokenizer.json")):
-            problems.append(f"tokenizer.path={cfg.tokenizer.path}: no tokenizer.json in that directory")
+            elif path is not None and (problem := unsupported_input(path)):
+                problems.append(f"{key}={path}: {problem}")
+        tokenizer_path = cfg.tokenizer.path
+        if tokenizer_path is not None and os.path.isfile(tokenizer_path):
+            problems.append(f"tokenizer.path={tokenizer_path} is a file: give the directory that holds tokenizer.json"
+                            f" (and tokenizer_config.json), e.g. {os.path.dirname(tokenizer_path) or '.'}")
+        elif tokenizer_path is not None and not os.path.isfile(os.path.join(tokenizer_path, "tokenizer.json")):
+            problems.append(f"tokenizer.path={tokenizer_path}: no tokenizer.json in that directory")
         if cfg.mode.init_from is not None and not os.path.exists(cfg.mode.init_from):
             problems.append(f"mode.init_from={cfg.mode.init_from}: no such checkpoint or run directory")
         resume = train.resume
@@ -386,15 +457,47 @@ def validate(cfg: Config, check_files: bool = True) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def preset_groups() -> str:
+    """`group: option, ...` lines for the YAML presets under conf/ (Hydra's own list would also
+    show the schemas that the presets build on, which cannot be chosen)."""
+    from zer02llm.resources import shipped_path
+
+    conf = shipped_path("conf")
+    lines = [f"{group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}"
+             for group in sorted(conf.iterdir()) if group.is_dir() and group.name != "hydra"]
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
     """Put the schemas into Hydra's ConfigStore; the YAML in conf/ builds on them."""
     from hydra.core.config_store import ConfigStore
 
+    from omegaconf import OmegaConf
+
+    # `${zer02llm_groups:}` in the help templates (conf/*.yaml): the presets a user can pick
+    OmegaConf.register_new_resolver("zer02llm_groups", preset_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(name="base_generate", node=GenerateConfig)
-    cs.store(name="base_eval", node=EvalConfig)
-    # group schemas, named by the YAML files that extend them (`defaults: [dense_schema, _self_]`)
-    cs.store(group="model", name="dense_schema", node=ModelConfig)
-    cs.store(group="model", name="moe_schema", node=MoEConfig)
-    cs.store(group="mode", name="pretrain_schema", node=ModeConfig)
+    # generate and eval have no presets: their primary configs live here, not in conf/, so that
+    # their --help and tab completion offer none of the training groups
+    for name, schema, summary in (
+        ("generate", GenerateConfig, 'python -m zer02llm.generate checkpoint=<dir> prompt="...": continue a prompt.\n'
+                                     "Example: checkpoint=outputs/<date>/<time> prompt='ROMEO:' temperature=0"),
+        ("eval", EvalConfig, "python -m zer02llm.eval checkpoint=<dir> [prompts=[...]]: chat with a model, or answer "
+                             "a list of prompts.\nExample: checkpoint=outputs/<date>/<time> prompts_file=questions.txt "
+                             "output=answers.jsonl"),
+    ):
+        cs.store(name=f"base_{name}", node=schema)
+        cs.store(name=name, node={
+            "defaults": [f"base_{name}", "_self_", {"override hydra/job_logging": "disabled"},
+                         {"override hydra/hydra_logging": "disabled"}],
+            # nothing to keep: no run directory, no .hydra/ in the working directory
+            "hydra": {"output_subdir": None, "run": {"dir": "."},
+                      "help": {"template": f"{summary}\n\n== Config ==\nOverride any key (key=value); meanings: "
+                                           f"{schema.__name__} in zer02llm/config.py\n\n$CONFIG\n"}},
+        })
+    # the group files' schemas (`defaults: [/model_dense_schema@_here_, _self_]`), stored outside any
+    # group so that --help and tab completion offer only the YAML presets
+    cs.store(name="model_dense_schema", node=ModelConfig)
+    cs.store(name="model_moe_schema", node=MoEConfig)
+    cs.store(name="mode_pretrain_schema", node=ModeConfig)

@@ -9,14 +9,13 @@ from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides, run_reporting_errors
 from zer02llm.config import GenerateConfig, register_configs
-from zer02llm.resources import shipped_path
 
 register_configs()
 
 
 def run(cfg: GenerateConfig) -> str:
     """Generate for cfg.prompt, streaming to stdout when cfg.stream; returns the generated text."""
-    from zer02llm.inference import check_sampling, load_for_inference, make_generator, stream_reply
+    from zer02llm.inference import check_sampling, load_for_inference, make_generator, stream_reply, truncation_note
 
     params = check_sampling(cfg)
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path)
@@ -34,10 +33,13 @@ def run(cfg: GenerateConfig) -> str:
     write("\n" if cfg.stream else cfg.prompt + reply.text + "\n")
     print(f"[{reply.num_tokens} tokens in {reply.seconds:.2f}s, {reply.num_tokens / max(reply.seconds, 1e-9):.1f} "
           f"tokens/s, from {loaded.checkpoint}]", file=sys.stderr)
+    note = truncation_note(reply, cfg, loaded)
+    if note:
+        print(note, file=sys.stderr)
     return reply.text
 
 
-@hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="generate")
+@hydra.main(version_base="1.3", config_path=None, config_name="generate")
 def main(dict_cfg) -> None:
     run_reporting_errors(run, OmegaConf.to_object(dict_cfg))
 

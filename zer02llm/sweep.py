@@ -48,10 +48,12 @@ SUMMARY_MD, SUMMARY_CSV, CURVES_PNG = "summary.md", "summary.csv", "loss_curves.
 JOB_STATUS = "job_status.json"  # written by SweepSummaryCallback.on_job_end, where the job runs
 OK, FAILED, INCOMPLETE = "ok", "failed", "incomplete"
 CSV_COLUMNS = ["job", "overrides", "params", "active_params", "steps", "final_train_loss", "final_val_loss",
+               "final_val_bpb",
                "tokens_per_s", "wall_seconds", "status", "error"]
-MD_HEADER = ["job", "overrides", "parameters", "steps", "final train loss", "final val loss", "tokens/s",
+MD_HEADER = ["job", "overrides", "parameters", "steps", "final train loss", "final val loss", "val bits/byte",
+             "tokens/s",
              "wall time", "status"]
-MD_ALIGN = ["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
+MD_ALIGN = ["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
 # the lines of Hydra's default job log format "[time][logger][LEVEL] - message" at ERROR or worse
 _LOG_ERROR = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(?:ERROR|CRITICAL)\] - (.*)$")
 _LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\](?:\[[A-Z]+\])? ")
@@ -75,6 +77,7 @@ class JobResult:
     steps: Optional[int] = None
     final_loss: Optional[float] = None
     final_val_loss: Optional[float] = None
+    final_val_bpb: Optional[float] = None  # bits per byte: comparable across tokenizers
     tokens_per_s: Optional[float] = None
     wall_seconds: Optional[float] = None
     train_curve: list[tuple[int, float]] = field(default_factory=list)
@@ -165,6 +168,7 @@ def read_job(job_dir: Path) -> JobResult:
         job.steps = _integer(summary.get("steps"))
         job.final_loss = _number(summary.get("final_loss"))
         job.final_val_loss = _number(summary.get("final_val_loss"))
+        job.final_val_bpb = _number(summary.get("final_val_bpb"))
         job.tokens_per_s = _number(summary.get("tokens_per_s"))
         job.wall_seconds = _number(summary.get("wall_seconds"))
     else:  # no summary (yet): the last logged figures; parameters and wall time stay unknown
@@ -172,6 +176,8 @@ def read_job(job_dir: Path) -> JobResult:
         job.steps = max(steps) if steps else None
         job.final_loss = job.train_curve[-1][1] if job.train_curve else None
         job.final_val_loss = job.val_curve[-1][1] if job.val_curve else None
+        bpbs = [float(r["val_bpb"]) for r in rows if _number(r.get("val_bpb")) is not None]
+        job.final_val_bpb = bpbs[-1] if bpbs else None
         rates = [float(r["tokens_per_s"]) for r in rows if _number(r.get("tokens_per_s")) is not None]
         job.tokens_per_s = sum(rates) / len(rates) if rates else None
 
@@ -313,7 +319,8 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
         if job.active_params is not None and job.params is not None and job.active_params != job.params:
             params += f" ({_fmt_count(job.active_params)} active)"
         cells = [job.name, _md_cell(_label(job, swept)), params, "" if job.steps is None else str(job.steps),
-                 _fmt_loss(job.final_loss), _fmt_loss(job.final_val_loss), _fmt_rate(job.tokens_per_s),
+                 _fmt_loss(job.final_loss), _fmt_loss(job.final_val_loss), _fmt_loss(job.final_val_bpb),
+                 _fmt_rate(job.tokens_per_s),
                  _fmt_seconds(job.wall_seconds), job.status]
         lines.append("| " + " | ".join(cells) + " |")
     finished = [j for j in jobs if j.status == OK]
@@ -342,6 +349,7 @@ def write_csv(jobs: Sequence[JobResult], path: Path) -> Path:
         values = {_override_key(o): _override_value(o) for o in job.overrides}
         writer.writerow([job.name, _label(job, swept), _csv_value(job.params), _csv_value(job.active_params),
                          _csv_value(job.steps), _csv_value(job.final_loss), _csv_value(job.final_val_loss),
+                         _csv_value(job.final_val_bpb),
                          _csv_value(job.tokens_per_s), _csv_value(job.wall_seconds), job.status,
                          _csv_value(job.error)] + [values.get(k, "") for k in swept])
     path.write_text(buffer.getvalue(), encoding="utf-8")
@@ -451,8 +459,14 @@ class SweepSummaryCallback(Callback):
                 return
             record: dict[str, Any] = {"status": job_return.status.name}
             if job_return.status == JobStatus.FAILED:
+                from hydra.errors import CompactHydraException
+
                 error = job_return._return_value  # the exception; .return_value would re-raise it
-                record["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+                # a refused config lists its problems on several lines: keep them all, on one
+                text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+                if not isinstance(error, CompactHydraException):  # our messages need no type name
+                    text = f"{type(error).__name__}: {text}"
+                record["error"] = text[:1000]
             (Path(output_dir) / JOB_STATUS).write_text(json.dumps(record) + "\n", encoding="utf-8")
         except Exception as e:  # noqa: BLE001 - bookkeeping must never fail a job
             log.warning("sweep summary: could not record the job's status: %s: %s", type(e).__name__, e)

@@ -6,17 +6,22 @@ DictConfig into plain dataclasses and hands them to the Trainer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from zer02llm.cli import quote_text_overrides
-from zer02llm.config import Config, ConfigError, register_configs, validate
+from zer02llm.cli import check_printed_config, quote_text_overrides, unknown_override_keys
+from zer02llm.config import Config, ConfigError, MoEConfig, register_configs, undeclared_keys, validate
 from zer02llm.data.jsonl import DataError
 from zer02llm.resources import shipped_path
 
@@ -25,27 +30,62 @@ TEXT_KEYS = ("data.train_path", "data.val_path", "data.cache_dir", "tokenizer.pa
 register_configs()
 
 
+class JobFailed(CompactHydraException):
+    """A sweep job's config or data was refused: Hydra records the job as failed (job_status.json,
+    summary.md), runs the other jobs, then prints this message and exits with status 1."""
+
+
 @hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="config")
 def main(dict_cfg: DictConfig) -> None:
-    cfg: Config = OmegaConf.to_object(dict_cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        validate(cfg)
+        cfg = checked_config(dict_cfg)
         from zer02llm.trainer import Trainer  # torch is imported only once the config is known good
 
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if launched_rank() in (None, 0):
-            OmegaConf.save(resolved, run_dir / "config.yaml")  # Hydra's .hydra/config.yaml is unresolved
+        # the Trainer writes it to config.yaml, once a checkpoint is accepted or a fresh start decided:
+        # a refused resume leaves the run as it was
         Trainer(cfg, run_dir, resolved).fit()
     except (ConfigError, DataError) as e:
-        # a clear message and exit status 2 instead of a traceback: nothing heavy has run yet
+        # a clear message instead of a traceback: nothing heavy has run yet
         log.error("%s", e)
+        if multirun:  # sys.exit would end the whole sweep here, without a record of this job
+            raise JobFailed(str(e)) from None
+        remove_unstarted_run_dir(run_dir)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: the Trainer has saved what it could and said so
+        sys.exit(130)
     finally:
         if "torch" in sys.modules:
             from zer02llm import distributed
 
             distributed.shutdown()
+
+
+def checked_config(dict_cfg: DictConfig) -> Config:
+    """The composed config as dataclasses, or a ConfigError listing every problem (unknown keys included)."""
+    unknown = undeclared_keys(dict_cfg)
+    cfg: Config = OmegaConf.to_object(dict_cfg)
+    validate(cfg, problems=unknown)
+    return cfg
+
+
+def remove_unstarted_run_dir(run_dir: Path) -> None:
+    """Remove the directory Hydra made for a run that was refused before it started, so failed
+    commands leave no empty timestamped directories; one holding anything but Hydra's own
+    bookkeeping (a run being resumed, checkpoints, metrics) stays as it is."""
+    if launched_rank() not in (None, 0) or run_dir.resolve() == Path.cwd().resolve() or not run_dir.is_dir():
+        return
+    if any(not (p.name == ".hydra" or p.suffix == ".log") for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.resolve().parent
+    # the date directory of the default layout (outputs/<date>/<time>), when this was its only run;
+    # never the working directory or one above it
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and parent not in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def launched_rank() -> int | None:
@@ -60,11 +100,17 @@ def launched_rank() -> int | None:
 def cli() -> None:
     """Console entry: file paths need no Hydra quoting (non-ASCII names, commas)."""
     sys.argv[1:] = quote_text_overrides(sys.argv[1:], TEXT_KEYS)
+    unknown = unknown_override_keys(sys.argv[1:], Config, {"model": (MoEConfig,)})
+    if unknown:
+        print("error: invalid configuration:\n  - " + "\n  - ".join(unknown), file=sys.stderr)
+        sys.exit(2)
     if launched_rank() not in (None, 0):
         # under torchrun every rank runs this; only rank 0 may create the run directory and its
         # files (its timestamp would differ anyway): the Trainer takes rank 0's directory instead
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()
+    # `--cfg job` only prints the composed config; say what would be refused in it
+    check_printed_config(sys.argv[1:], "config", lambda dict_cfg: checked_config(dict_cfg))
 
 
 if __name__ == "__main__":
