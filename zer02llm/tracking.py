@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class MetricsFile:
-    """Append-only JSONL; a resumed run first drops the rows logged after its checkpoint."""
+    """Append-only JSONL; every start first drops the rows logged after its step (all of them when fresh)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -35,6 +35,15 @@ class MetricsFile:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def write_run_config(path: Path, config: dict[str, Any]) -> None:
+    """The run's resolved config as YAML, replaced whole (a kill never leaves half of it)."""
+    import yaml  # PyYAML, a dependency of OmegaConf
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _has_wandb_key() -> bool:
