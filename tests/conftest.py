@@ -1,12 +1,22 @@
-"""Shared test helpers: composing real configs, running the real commands, small corpora."""
+"""Shared test helpers: composing real configs, running the real commands, small corpora.
+
+Tests never write into the user's home (token caches in ~/.cache/zer02llm, wandb or matplotlib
+settings, Hugging Face caches): when this file is imported, before any test module or fixture of
+any scope runs, HOME and the caches that follow it point into one temporary directory, and every
+subprocess inherits that. HOME itself is an empty sentinel; the session fails if anything appears
+in it (a cache that follows HOME and was not redirected here).
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -25,11 +35,64 @@ TINY = ["model.dim=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads
         "train.warmup_steps=5"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Token caches of tests go to a per-session temporary directory, never to ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+# what each variable redirects, relative to the session's temporary directory
+ISOLATED_ENV = {
+    "XDG_CACHE_HOME": "xdg-cache",  # zer02llm's token caches, torch hub, matplotlib's font cache
+    "XDG_CONFIG_HOME": "xdg-config",
+    "XDG_DATA_HOME": "xdg-data",
+    "XDG_STATE_HOME": "xdg-state",
+    "MPLCONFIGDIR": "matplotlib",
+    "WANDB_CACHE_DIR": "wandb/cache",  # runs themselves go to their run directory (tracking.py)
+    "WANDB_CONFIG_DIR": "wandb/config",
+    "WANDB_DATA_DIR": "wandb/data",
+    "HF_HOME": "huggingface",
+    "TORCH_HOME": "torch",
+    "TRITON_CACHE_DIR": "triton",  # torch.compile on a GPU
+    "CUDA_CACHE_PATH": "cuda",
+}
+
+
+# tools installed under HOME that subprocesses may run (pip's build probes rustc through rustup's
+# shim; pyenv's shims): they keep finding their installation, which is not a cache of ours
+TOOL_HOMES = {"RUSTUP_HOME": ".rustup", "CARGO_HOME": ".cargo", "PYENV_ROOT": ".pyenv"}
+
+
+def isolate_home() -> Path:
+    """Point HOME and the caches under it into a fresh temporary directory (inherited by subprocesses)."""
+    real_home = Path.home()
+    for name, sub in TOOL_HOMES.items():
+        if name not in os.environ and (real_home / sub).is_dir():
+            os.environ[name] = str(real_home / sub)
+    root = Path(tempfile.mkdtemp(prefix="zer02llm-tests-"))
+    for name, sub in ISOLATED_ENV.items():
+        os.environ[name] = str(root / sub)
+    (root / "home").mkdir()
+    os.environ["HOME"] = str(root / "home")  # also: no ~/.netrc, so wandb never goes online from a test
+    os.environ.pop("WANDB_API_KEY", None)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def written_to_home(home: Path) -> list[Path]:
+    """Files (and empty directories) under the sentinel home: each is a write that escaped isolation."""
+    return sorted(p for p in home.rglob("*") if not p.is_dir() or not any(p.iterdir()))
+
+
+# at import, i.e. before module- and session-scoped fixtures (which train through subprocesses) run
+TEST_ROOT = isolate_home()
+TEST_HOME = TEST_ROOT / "home"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_to_home():
+    """Fails the session (an error at teardown of its last test) if anything was written to HOME."""
+    yield
+    leaked = written_to_home(TEST_HOME)
+    if leaked:
+        shown = ", ".join(str(p.relative_to(TEST_HOME)) for p in leaked[:10])
+        pytest.fail(f"tests wrote into HOME ({TEST_HOME} stands in for ~): {shown}"
+                    f"{f' and {len(leaked) - 10} more' if len(leaked) > 10 else ''}; redirect that cache in "
+                    f"tests/conftest.py ISOLATED_ENV or write under tmp_path", pytrace=False)
 
 
 def compose(overrides: Iterable[str] = (), config_name: str = "config"):

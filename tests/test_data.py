@@ -1,19 +1,30 @@
-"""JSONL reading, the token cache, packed windows and the resumable sampler."""
+"""JSONL reading, the token cache, packed windows and the resumable sampler; the tests' own isolation."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import logging
+import lzma
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from zer02llm.config import ConfigError, validate
 from zer02llm.data.jsonl import BadLines, DataError
-from zer02llm.data.pretrain import PackedDataset, TokenFile, tokenize_to_cache
+from zer02llm.data.pretrain import ByteProgress, PackedDataset, TokenFile, default_cache_dir, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
 from zer02llm.tokenizer import Tokenizer
 
-from conftest import write_jsonl
+from conftest import REPO, TEST_HOME, TEST_ROOT, compose, write_jsonl
 
 GOOD = ["The cat sat on the mat.", "小明在公园里看见了一只黄色的小狗。", "Numbers: 1 2 3, and 😀."]
 
@@ -185,3 +196,163 @@ def test_lone_surrogate_is_a_bad_line_not_a_crash(tmp_path, tokenizer):
     path.write_text('{"text": "fine"}\n{"text": "\\ud800 broken"}\n')
     tokens = tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False)
     assert (tokens.num_documents, tokens.bad_lines) == (1, 1)
+
+
+# --- inputs that are not a JSONL file --------------------------------------------------------------
+
+def test_a_directory_is_named_as_such_not_as_missing(tmp_path, tokenizer):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "part-0.jsonl", [{"text": t} for t in GOOD])
+    with pytest.raises(DataError, match=r"shards is a directory: expected a JSONL file.*part-0.jsonl"):
+        tokenize_to_cache(shards, tokenizer, tmp_path / "cache", progress=False)
+    for key in ("data.train_path", "data.val_path"):
+        with pytest.raises(ConfigError, match=rf"{key}={re.escape(str(shards))}: is a directory: expected a JSONL file"):
+            validate(OmegaConf.to_object(compose([f"{key}={shards}"])))
+
+
+JSONL = b'{"text": "The cat sat on the mat."}\n' * 200
+
+
+@pytest.mark.parametrize("name, content, kind", [
+    ("d.jsonl.gz", gzip.compress(JSONL), "gzip"),
+    ("d.jsonl", gzip.compress(JSONL), "gzip"),  # by its magic bytes, whatever its name
+    ("d.jsonl.zst", b"\x28\xb5\x2f\xfd" + bytes(range(40)), "zstd"),
+    ("d.jsonl.bz2", bz2.compress(JSONL), "bzip2"),
+    ("d.jsonl.xz", lzma.compress(JSONL), "xz"),
+    ("d.zst", b"\x00\x01not json", "zstd"),  # by its name when the content is no JSON either
+], ids=["gz", "gzip-magic", "zst", "bz2", "xz", "zst-name"])
+def test_compressed_input_is_refused_up_front_with_the_command_to_decompress(tmp_path, tokenizer, name, content,
+                                                                          kind):
+    path = tmp_path / name
+    path.write_bytes(content)
+    expected = rf"is {kind}-compressed: compressed input is not supported yet; decompress it first, e\.g\. {kind} -dc "
+    with pytest.raises(DataError, match=expected) as info:
+        tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False)
+    assert "invalid UTF-8" not in str(info.value) and "\n" not in str(info.value)
+    assert f"> {tmp_path / 'd.jsonl'}" in str(info.value) or name == "d.jsonl"
+    with pytest.raises(ConfigError, match=rf"data.train_path={re.escape(str(path))}: " + expected):
+        validate(OmegaConf.to_object(compose([f"data.train_path={path}"])))
+
+
+def test_parquet_is_refused_with_a_way_to_convert_it(tmp_path, tokenizer):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1" + bytes(100) + b"PAR1")
+    with pytest.raises(DataError, match=r"is a Parquet file: only JSONL is supported yet; convert it first.*"
+                                        r"read_parquet.*to_json.*lines=True"):
+        tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False)
+
+
+def test_plain_jsonl_with_a_compressed_name_is_read(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "misnamed.jsonl.gz", [{"text": t} for t in GOOD])
+    assert tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False).num_documents == 3
+
+
+def test_sft_records_given_to_pretraining_suggest_mode_sft(tmp_path, tokenizer, caplog):
+    conversation = {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    path = write_jsonl(tmp_path / "sft.jsonl", [conversation] * 8)
+    with pytest.raises(DataError) as info:
+        tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False)
+    message = str(info.value)
+    assert 'no usable document (expected lines like {"text": "..."})' in message
+    assert message.count("mode=sft") == 1 and message.endswith(
+        'Lines with "conversations" are SFT data: train on them with mode=sft')
+    with pytest.raises(DataError, match=r"sft.jsonl:1: missing \"text\" .*data.strict=true.*with mode=sft"):
+        tokenize_to_cache(path, tokenizer, tmp_path / "cache", strict=True, progress=False)
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"text": GOOD[0]}, conversation])
+    with caplog.at_level(logging.WARNING):
+        tokenize_to_cache(mixed, tokenizer, tmp_path / "cache", progress=False)
+    assert "line 2: missing \"text\"" in caplog.text and "with mode=sft" in caplog.text
+    with caplog.at_level(logging.WARNING):  # the cache keeps the hint for the next run
+        tokenize_to_cache(mixed, tokenizer, tmp_path / "cache", progress=False)
+    assert caplog.text.count("with mode=sft") == 2
+
+
+def test_a_short_corpus_is_named_by_its_data_file_not_its_cache(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "short.jsonl", [{"text": "Hi"}])
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'short.jsonl'))} holds \d+ tokens, fewer than"):
+        PackedDataset(tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False), seq_len=64)
+
+
+# --- the tokenizing progress -----------------------------------------------------------------------
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tokenizing_progress_in_a_log_is_periodic_lines_not_bar_frames(tmp_path, tokenizer, capsys, caplog):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in GOOD * 50])
+    tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=True)  # stderr is pytest's capture: no tty
+    assert "\r" not in capsys.readouterr().err
+
+    clock = iter(range(0, 1000, 3))  # 3 s per update of 1 MB: a line at every 10% once 5 s have passed
+    with caplog.at_level(logging.INFO, logger="zer02llm.data.pretrain"):
+        progress = ByteProgress(20_000_000, "big.jsonl", stream=io.StringIO(), clock=lambda: next(clock))
+        for _ in range(20):
+            progress.update(1_000_000)
+        progress.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokenizing big.jsonl")]
+    assert lines[0] == "tokenizing big.jsonl: 2.0 of 20.0 MB (10%), 0.3 MB/s, ETA 00:54"
+    assert [line.split("(")[1].split(")")[0] for line in lines] == [f"{p}%" for p in range(10, 101, 10)]
+
+
+def test_tokenizing_progress_on_a_terminal_is_a_live_bar(caplog):
+    terminal = Terminal()
+    with caplog.at_level(logging.INFO, logger="zer02llm.data.pretrain"):
+        progress = ByteProgress(1000, "d.jsonl", stream=terminal, min_gap=0)
+        for _ in range(10):
+            progress.update(100)
+        progress.close()
+    assert "tokenizing d.jsonl" in terminal.getvalue() and "\r" in terminal.getvalue()
+    assert not caplog.records
+    quiet = Terminal()
+    ByteProgress(1000, "d.jsonl", enabled=False, stream=quiet).update(1000)
+    assert quiet.getvalue() == ""
+
+
+# --- the tests write nothing outside their temporary directories -------------------------------------
+
+PRINT_CACHE_DIR = "from zer02llm.data.pretrain import default_cache_dir; print(default_cache_dir())"
+
+
+@pytest.fixture(scope="module")
+def module_subprocess_cache_dir() -> Path:
+    """Where a subprocess started by a module-scoped fixture (as the training fixtures do) caches tokens."""
+    out = subprocess.run([sys.executable, "-c", PRINT_CACHE_DIR], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def test_module_fixtures_and_their_subprocesses_cache_under_the_test_root(module_subprocess_cache_dir):
+    assert module_subprocess_cache_dir.is_relative_to(TEST_ROOT)
+    assert default_cache_dir().is_relative_to(TEST_ROOT) and Path.home() == TEST_HOME
+
+
+LEAKY_TEST = f'''
+import subprocess, sys
+import pytest
+
+@pytest.fixture(scope="module")
+def trained():
+    # a fixture whose subprocess ignores the isolation and caches tokens under HOME
+    code = ("import os; from pathlib import Path; os.environ.pop('XDG_CACHE_HOME'); "
+            "from zer02llm.data.pretrain import default_cache_dir; d = default_cache_dir(); "
+            "d.mkdir(parents=True); (d / 'pretrain-0123.bin').write_bytes(b'x')")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+def test_uses_it(trained):
+    pass
+'''
+
+
+def test_a_write_into_home_fails_the_session(tmp_path):
+    """The session check itself: a module fixture's subprocess that caches under HOME fails the run."""
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_leak.py").write_text(LEAKY_TEST)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "basetemp"), "test_leak.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 passed, 1 error" in proc.stdout and "tests wrote into HOME" in proc.stdout, proc.stdout
+    assert ".cache/zer02llm/pretrain-0123.bin" in proc.stdout
+    assert not list(TEST_HOME.rglob("*"))  # the inner session had a HOME of its own

@@ -6,8 +6,10 @@ Expected ids and masks are spelled out from the shipped ChatML template by hand:
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -259,13 +261,16 @@ def test_window_without_a_target_is_skipped_and_counted(tmp_path, tok, caplog):
     with caplog.at_level(logging.WARNING):
         data = dataset(tmp_path, tok, [short, long_prompt, short], seq_len=prompt_len - 1)
     assert (len(data), data.skipped_no_target) == (2, 1)
-    assert "skipped 1 of 3 conversation(s) with no supervised target" in caplog.text
+    # named by the data file the user gave, not by the cache file
+    assert f"{tmp_path / 'data.jsonl'}: skipped 1 of 3 conversation(s) with no supervised target" in caplog.text
+    assert ".bin" not in caplog.text
     # one token more and the first answer token is the only target: the sample is kept
     data = dataset(tmp_path, tok, [long_prompt], seq_len=prompt_len)
     assert (len(data), data.skipped_no_target) == (1, 0)
     inputs, targets = data.batch([0])
     assert targets[0].tolist() == [IGN] * (prompt_len - 1) + tok.encode("ok")[:1]
-    with pytest.raises(DataError, match="none of the 1 conversation.*longer data.seq_len"):
+    data_file = re.escape(str(tmp_path / "data.jsonl"))
+    with pytest.raises(DataError, match=rf"^{data_file}: none of the 1 conversation.*longer data.seq_len"):
         dataset(tmp_path, tok, [long_prompt], seq_len=prompt_len - 1)
 
 
@@ -440,3 +445,29 @@ def test_real_sft_corpus(tmp_path, tok):
     if val.is_file():
         bad = BadLines()
         assert len(list(iter_records(val, parse_sft, bad))) == 294 and bad.count == 0
+
+
+# --- inputs of the wrong kind ------------------------------------------------------------------
+
+def test_pretraining_documents_given_to_sft_suggest_dropping_mode_sft(tmp_path, tok):
+    path = write_jsonl(tmp_path / "pretrain.jsonl", [{"text": "a document"}] * 3)
+    with pytest.raises(DataError) as info:
+        tokenize_sft_to_cache(path, tok, tmp_path / "cache", progress=False)
+    assert "no usable conversation" in str(info.value)
+    assert str(info.value).endswith('Lines with "text" are pretraining documents: train on them without mode=sft')
+
+
+def test_compressed_sft_data_is_refused_up_front(tmp_path, tok):
+    path = tmp_path / "sft.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"conversations": []}\n' * 100))
+    with pytest.raises(DataError, match=r"is gzip-compressed: compressed input is not supported yet.*gzip -dc"):
+        tokenize_sft_to_cache(path, tok, tmp_path / "cache", progress=False)
+
+
+def test_a_tokenizer_without_chat_template_is_a_data_error_for_the_training_command(tmp_path, tok):
+    # train.py turns DataError (and ConfigError) into one line and exit status 2
+    path = write_jsonl(tmp_path / "d.jsonl", [{"conversations": [user("Hi"), assistant("Yo")]}])
+    with pytest.raises(DataError, match="has no chat template"):
+        tokenize_sft_to_cache(path, with_template(tok, None), tmp_path / "cache", progress=False)
+    with pytest.raises(DataError, match="is not prefix-stable"):
+        tokenize_sft_to_cache(path, with_template(tok, "{{ messages | length }}"), tmp_path / "cache", progress=False)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from zer02llm.cli import run_reporting_errors
+from zer02llm.config import ConfigError
 from zer02llm.resources import shipped_path
-from zer02llm.tokenizer import StreamDecoder, Tokenizer, bytes_to_unicode
+from zer02llm.tokenizer import StreamDecoder, Tokenizer, TokenizerError, bytes_to_unicode
+
+from conftest import TINY, run_module
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_DIR / "scripts" / "train_tokenizer.py"
@@ -147,6 +152,88 @@ def test_load_directory_without_tokenizer_json(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json") as info:
         Tokenizer.load(tmp_path)
     assert str(tmp_path) in str(info.value)
+
+
+def copy_of_shipped(directory: Path, config: bool = True) -> Path:
+    """A copy of the shipped tokenizer in `directory`, with or without its tokenizer_config.json."""
+    directory.mkdir(parents=True)
+    shutil.copy(shipped_path("tokenizer") / "tokenizer.json", directory)
+    if config:
+        shutil.copy(shipped_path("tokenizer") / "tokenizer_config.json", directory)
+    return directory
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("tokenizer.json", "{1: 2}", r"tokenizer.json: the tokenizer file is not valid JSON \(Expecting property name "
+                                 r"enclosed in double quotes at line 1 column 2\)"),
+    ("tokenizer.json", '{"vocab": {"a": 0}}', r"tokenizer.json is JSON but not a Hugging Face `tokenizers` file"),
+    ("tokenizer.json", "[1, 2]", r"tokenizer.json: expected a JSON object \(a `tokenizers` file\), got list"),
+    ("tokenizer.json", b"\x89PNG\r\n", r"tokenizer.json: the tokenizer file is not UTF-8 text"),
+    ("tokenizer_config.json", '{"chat_template": "x",}', r"tokenizer_config.json: the tokenizer config is not valid "
+                                                         r"JSON \(Expecting property name .* line 1 column 23\)"),
+    ("tokenizer_config.json", '"ChatML"', r"tokenizer_config.json: expected a JSON object, got str"),
+])
+def test_unusable_tokenizer_files_are_named_with_what_is_wrong(tmp_path: Path, name, content, message):
+    directory = copy_of_shipped(tmp_path / "tok")
+    target = directory / name
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(TokenizerError, match=message) as info:
+        Tokenizer.load(directory)
+    assert str(directory / name) in str(info.value)
+    assert isinstance(info.value, ConfigError)  # one line and exit status 2 in train, generate and eval
+
+
+def test_unreadable_tokenizer_file(tmp_path: Path, monkeypatch):
+    directory = copy_of_shipped(tmp_path / "tok")
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.name == "tokenizer.json":
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)  # tests run as root, so chmod cannot refuse a read
+    with pytest.raises(TokenizerError, match=r"tokenizer.json: cannot read the tokenizer file \(Permission denied\)"):
+        Tokenizer.load(directory)
+
+
+def test_special_tokens_not_found_say_whether_there_is_a_config(tmp_path: Path):
+    directory = copy_of_shipped(tmp_path / "tok", config=False)
+    raw = json.loads((directory / "tokenizer.json").read_text())
+    raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] != "<|im_start|>"]
+    raw["model"]["vocab"].pop("<|im_start|>", None)
+    (directory / "tokenizer.json").write_text(json.dumps(raw))
+    with pytest.raises(TokenizerError, match=r"no bos_token found .*there is no .*tokenizer_config.json to name it"):
+        Tokenizer.load(directory)
+
+
+def test_generate_and_eval_report_a_bad_tokenizer_in_one_line(tmp_path: Path, capsys):
+    directory = copy_of_shipped(tmp_path / "tok")
+    (directory / "tokenizer.json").write_text("{1: 2}")
+    with pytest.raises(SystemExit) as info:
+        run_reporting_errors(Tokenizer.load, directory)  # what generate/eval wrap their command in
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {directory / 'tokenizer.json'}: the tokenizer file is not valid JSON")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_training_reports_a_bad_tokenizer_in_one_line(tmp_path: Path):
+    broken = copy_of_shipped(tmp_path / "tok")
+    (broken / "tokenizer.json").write_text("{1: 2}")
+    proc = run_module("zer02llm.train", [*TINY, "train.max_steps=1", f"tokenizer.path={broken}",
+                                         "hydra.run.dir=broken"], cwd=tmp_path, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert f"{broken / 'tokenizer.json'}: the tokenizer file is not valid JSON" in output
+
+    no_config = copy_of_shipped(tmp_path / "no-config", config=False)  # loads: ChatML names are the defaults
+    proc = run_module("zer02llm.train", [*TINY, "train.max_steps=1", "mode=sft", f"tokenizer.path={no_config}",
+                                         "hydra.run.dir=sft"], cwd=tmp_path, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert f"tokenizer at {no_config} has no chat template" in output
 
 
 def test_matches_transformers(tok: Tokenizer):

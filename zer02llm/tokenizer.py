@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from zer02llm.config import ConfigError
 from zer02llm.resources import shipped_path
 
-__all__ = ["Tokenizer", "StreamDecoder", "bytes_to_unicode"]
+__all__ = ["Tokenizer", "TokenizerError", "StreamDecoder", "bytes_to_unicode"]
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -28,6 +29,28 @@ CONFIG_FILE = "tokenizer_config.json"
 DEFAULT_BOS = "<|im_start|>"
 DEFAULT_EOS = "<|im_end|>"
 DEFAULT_PAD = "<|endoftext|>"
+
+
+class TokenizerError(ConfigError):
+    """A tokenizer directory whose files cannot be used (not JSON, not a tokenizer, unreadable).
+
+    A ConfigError, as it comes from `tokenizer.path` or a checkpoint: the commands report it in one
+    line with exit status 2 instead of a traceback."""
+
+
+def _read_json(path: Path, what: str) -> tuple[bytes, object]:
+    """The bytes of `path` and their parsed JSON, or a TokenizerError naming the file and what is wrong."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        return raw, json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: the {what} is not UTF-8 text (a binary file?)") from None
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}: the {what} is not valid JSON ({e.msg} at line {e.lineno} column "
+                             f"{e.colno})") from None
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -87,7 +110,11 @@ class Tokenizer:
         """Use `Tokenizer.load`; this takes the already-read tokenizer.json bytes and config."""
         self.path = path
         self.fingerprint = hashlib.sha256(raw_json).hexdigest()
-        self._tok = _HFTokenizer.from_str(raw_json.decode("utf-8"))
+        try:
+            self._tok = _HFTokenizer.from_str(raw_json.decode("utf-8"))
+        except Exception as e:  # the library raises a bare Exception with serde's message
+            raise TokenizerError(f"{path / TOKENIZER_FILE} is JSON but not a Hugging Face `tokenizers` file "
+                                 f"({e}); expected the tokenizer.json that tokenizers/transformers save") from None
         self.config = config
         self.chat_template = config.get("chat_template") if isinstance(
             config.get("chat_template"), str
@@ -110,7 +137,8 @@ class Tokenizer:
         """Load from a directory holding tokenizer.json (+ optional tokenizer_config.json).
 
         `None` loads the tokenizer shipped with the project (`tokenizer/`).
-        Raises FileNotFoundError if the directory or its tokenizer.json is missing.
+        Raises FileNotFoundError if the directory or its tokenizer.json is missing, TokenizerError
+        if a file is unreadable, not JSON, or not a tokenizer.
         """
         directory = shipped_path("tokenizer") if path is None else Path(path)
         if not directory.is_dir():
@@ -126,13 +154,17 @@ class Tokenizer:
             )
         config: dict = {}
         config_file = directory / CONFIG_FILE
-        if config_file.is_file():
-            with open(config_file, encoding="utf-8") as f:
-                loaded = json.load(f)
+        if config_file.exists():
+            _, loaded = _read_json(config_file, "tokenizer config")
             if not isinstance(loaded, dict):
-                raise ValueError(f"{config_file}: expected a JSON object")
+                raise TokenizerError(f"{config_file}: expected a JSON object, got {type(loaded).__name__}")
             config = loaded
-        return cls(directory, tok_file.read_bytes(), config)
+        # parsed here first so that bad JSON is named as such, not as serde's "key must be a string"
+        raw, parsed = _read_json(tok_file, "tokenizer file")
+        if not isinstance(parsed, dict):
+            raise TokenizerError(f"{tok_file}: expected a JSON object (a `tokenizers` file), got "
+                                 f"{type(parsed).__name__}")
+        return cls(directory, raw, config)
 
     def _special_id(self, key: str, default: str) -> int:
         """Id of the config's `key` token if it names one in the vocabulary, else of `default`."""
@@ -141,8 +173,11 @@ class Tokenizer:
             token_id = self._tok.token_to_id(name)
             if token_id is not None:
                 return token_id
-        raise ValueError(
-            f"tokenizer at {self.path}: no {key} found (tried {', '.join(map(repr, candidates))})"
+        config_file = self.path / CONFIG_FILE
+        where = (f"name it as {key} in {config_file}" if config_file.is_file() else
+                 f"there is no {config_file} to name it")
+        raise TokenizerError(
+            f"tokenizer at {self.path}: no {key} found (tried {', '.join(map(repr, candidates))}); {where}"
         )
 
     def _build_token_bytes(self, added: dict) -> list[bytes]:
@@ -181,6 +216,11 @@ class Tokenizer:
         if not 0 <= token_id < self.vocab_size:
             raise IndexError(f"token id {token_id} out of range [0, {self.vocab_size})")
         return self._token_bytes[token_id]
+
+    def byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for, 0 for special tokens (bos/eos/chat markers are no
+        text): the denominator of bits per byte, a tokenizer-independent loss."""
+        return [0 if i in self.special_ids else len(b) for i, b in enumerate(self._token_bytes)]
 
     def id_to_token(self, token_id: int) -> str | None:
         """The vocabulary string of `token_id` (byte-level form), or None."""

@@ -13,10 +13,11 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TextIO
 
 import numpy as np
 import torch
@@ -33,6 +34,44 @@ LINES_PER_BATCH = 2048
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "zer02llm"
+
+
+class ByteProgress:
+    """Progress through a data file being tokenized, in bytes.
+
+    Like the training bar: a live tqdm bar when stderr is a terminal; otherwise (a redirected log,
+    a SLURM job) no `\\r` frames but a log line every 10% or `interval` seconds, with MB done, MB/s
+    and the ETA, and none for a file done within `min_gap` seconds.
+    """
+
+    def __init__(self, total: int, name: str, enabled: bool = True, stream: Optional[TextIO] = None,
+                 interval: float = 30.0, min_gap: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        stream = stream if stream is not None else sys.stderr
+        self.total, self.name, self.clock = max(total, 1), name, clock
+        self.interval, self.min_gap = interval, min_gap
+        self.done = 0
+        self.started = self.last = clock()
+        self.next_tenth = 1
+        self.logging = enabled and not stream.isatty()
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {name}", mininterval=1.0,
+                        file=stream, disable=not enabled or self.logging)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if not self.logging:
+            return
+        now = self.clock()
+        tenth = self.done * 10 // self.total
+        if now - self.last >= self.min_gap and (tenth >= self.next_tenth or now - self.last >= self.interval):
+            self.last, self.next_tenth = now, tenth + 1
+            rate = self.done / max(now - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            log.info("tokenizing %s: %.1f of %.1f MB (%d%%), %.1f MB/s, ETA %s", self.name, self.done / 1e6,
+                     self.total / 1e6, 100 * self.done // self.total, rate / 1e6, tqdm.format_interval(eta))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -65,6 +104,7 @@ class TokenFile:
     num_tokens: int
     num_documents: int
     bad_lines: int
+    source: str = ""  # the data file it was made from, for messages ("" when unknown)
 
     def load(self) -> np.memmap:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
@@ -86,14 +126,13 @@ def tokenize_to_cache(data_path: str | os.PathLike, tokenizer: Tokenizer, cache_
             raise DataError(f"{meta['bad_summary']} (data.strict=true; set it false to skip such lines)")
         if meta["bad_lines"]:
             log.warning("%s (counted when the cache was built)", meta["bad_summary"])
-        return TokenFile(bin_path, dtype, meta["num_tokens"], meta["num_documents"], meta["bad_lines"])
+        return TokenFile(bin_path, dtype, meta["num_tokens"], meta["num_documents"], meta["bad_lines"], str(data_path))
 
     started = time.time()
     bad = BadLines()
     num_tokens = num_documents = 0
     tmp_bin = bin_path.with_suffix(f".bin.tmp{os.getpid()}")
-    bar = tqdm(total=os.path.getsize(data_path), unit="B", unit_scale=True, disable=not progress,
-               desc=f"tokenizing {Path(data_path).name}", mininterval=1.0)
+    bar = ByteProgress(os.path.getsize(data_path), Path(data_path).name, enabled=progress)
     try:
         with open(tmp_bin, "wb") as out:
             batch: list[str] = []
@@ -108,7 +147,7 @@ def tokenize_to_cache(data_path: str | os.PathLike, tokenizer: Tokenizer, cache_
                 num_tokens += _write_batch(out, batch, tokenizer, dtype)
                 num_documents += len(batch)
         if num_documents == 0:
-            raise DataError(f"{data_path} has no usable document"
+            raise DataError(f"{data_path} has no usable document (expected lines like {{\"text\": \"...\"}})"
                             + (f"; {bad.summary(data_path)}" if bad.count else ""))
         os.replace(tmp_bin, bin_path)
     finally:
@@ -122,7 +161,7 @@ def tokenize_to_cache(data_path: str | os.PathLike, tokenizer: Tokenizer, cache_
     write_atomic(meta_path, json.dumps(meta, indent=1))
     log.info("tokenized %s: %d documents, %d tokens in %.1fs -> %s", data_path, num_documents, num_tokens,
              meta["seconds"], bin_path)
-    return TokenFile(bin_path, dtype, num_tokens, num_documents, bad.count)
+    return TokenFile(bin_path, dtype, num_tokens, num_documents, bad.count, str(data_path))
 
 
 def _write_batch(out, texts: list[str], tokenizer: Tokenizer, dtype: np.dtype) -> int:
@@ -141,7 +180,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 class PackedDataset:
-    """Non-overlapping windows of seq_len + 1 tokens over a token file; sample i -> (inputs, targets)."""
+    """Non-overlapping windows of seq_len + 1 tokens over a token file; sample i -> (inputs, targets).
+
+    This is data.packing=concat; data.packing=bos_aligned is BosAlignedDataset in packing.py."""
 
     fixed_targets = True  # every batch of the same size has the same number of targets (no padding)
 
@@ -150,7 +191,7 @@ class PackedDataset:
         self.seq_len = seq_len
         self.num_samples = (token_file.num_tokens - 1) // seq_len
         if self.num_samples == 0:
-            raise DataError(f"{token_file.path} holds {token_file.num_tokens} tokens, fewer than "
+            raise DataError(f"{token_file.source or token_file.path} holds {token_file.num_tokens} tokens, fewer than "
                             f"data.seq_len + 1 = {seq_len + 1}: use more data or a shorter data.seq_len")
 
     def __len__(self) -> int:

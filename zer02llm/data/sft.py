@@ -30,10 +30,10 @@ import torch
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tqdm import tqdm
 
 from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable, check_unicode, iter_records
-from zer02llm.data.pretrain import LINES_PER_BATCH, write_atomic, cache_key, default_cache_dir, token_dtype
+from zer02llm.data.pretrain import (LINES_PER_BATCH, ByteProgress, cache_key, default_cache_dir, token_dtype,
+                                    write_atomic)
 from zer02llm.model.transformer import IGNORE_INDEX
 from zer02llm.tokenizer import Tokenizer
 
@@ -57,7 +57,9 @@ def parse_sft(obj: Any) -> list[Message]:
         raise BadLine(f"expected a JSON object, got {type(obj).__name__}")
     turns = obj.get("conversations")
     if turns is None:
-        raise BadLine('missing "conversations"')
+        hint = ('Lines with "text" are pretraining documents: train on them without mode=sft'
+                if "text" in obj else None)
+        raise BadLine('missing "conversations"', hint)
     if not isinstance(turns, list):
         raise BadLine(f'"conversations" is a {type(turns).__name__}, not a list')
     if not turns:
@@ -87,8 +89,11 @@ def parse_sft(obj: Any) -> list[Message]:
     return messages
 
 
-class TemplateError(ValueError):
-    """A chat template that cannot be compiled or whose renders cannot be split into turns."""
+class TemplateError(DataError):
+    """A chat template that cannot be compiled or whose renders cannot be split into turns.
+
+    A DataError: without a usable template the SFT data cannot be tokenized, and the training
+    command reports it in one line (exit status 2) like any other unusable data."""
 
 
 class TemplateRenderError(TemplateError):
@@ -262,6 +267,7 @@ class SFTTokenFile:
     num_conversations: int
     num_supervised: int
     bad_lines: int
+    source: str = ""  # the data file it was made from, for messages ("" when unknown)
 
     def load(self) -> tuple[np.memmap, np.memmap, np.memmap]:
         """Memory maps of (tokens, mask, offsets)."""
@@ -290,7 +296,7 @@ def tokenize_sft_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_d
 
     def described(meta: dict) -> SFTTokenFile:
         return SFTTokenFile(files["tokens"], files["mask"], files["offsets"], dtype, meta["num_tokens"],
-                            meta["num_conversations"], meta["num_supervised"], meta["bad_lines"])
+                            meta["num_conversations"], meta["num_supervised"], meta["bad_lines"], str(path))
 
     # the meta file is written last, so its presence means the three data files are complete
     if meta_path.exists() and all(p.exists() for p in files.values()):
@@ -307,8 +313,7 @@ def tokenize_sft_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_d
     bad = BadLines()
     counts = {"num_tokens": 0, "num_conversations": 0, "num_supervised": 0}
     tmp = {name: p.with_name(f"{p.name}.tmp{os.getpid()}") for name, p in files.items()}
-    bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, disable=not progress,
-               desc=f"tokenizing {Path(path).name}", mininterval=1.0)
+    bar = ByteProgress(os.path.getsize(path), Path(path).name, enabled=progress)
     line_no = 0
 
     def on_bytes(n: int) -> None:
@@ -406,12 +411,13 @@ class SFTDataset:
         self.seq_len, self.pad_id = seq_len, pad_id
         keep, self.skipped_no_target, self.truncated, self.num_targets = self._scan(token_file.num_conversations)
         self.index = keep  # sample i is conversation index[i]
+        source = token_file.source or token_file.tokens_path  # the user knows the data file, not the cache
         if self.skipped_no_target:
             log.warning("%s: skipped %d of %d conversation(s) with no supervised target in the first "
                         "data.seq_len + 1 = %d tokens (the answer starts later); a longer data.seq_len keeps them",
-                        token_file.tokens_path, self.skipped_no_target, token_file.num_conversations, seq_len + 1)
+                        source, self.skipped_no_target, token_file.num_conversations, seq_len + 1)
         if len(keep) == 0:
-            raise DataError(f"{token_file.tokens_path}: none of the {token_file.num_conversations} conversation(s) "
+            raise DataError(f"{source}: none of the {token_file.num_conversations} conversation(s) "
                             f"has a supervised (assistant) token within data.seq_len + 1 = {seq_len + 1} tokens: "
                             f"use a longer data.seq_len")
 
