@@ -5,7 +5,9 @@
     python scripts/merge_lora.py outputs/pretrain merged/ --adapter outputs/lora/checkpoints/last/adapter
 
 The result (model.safetensors, config.json, tokenizer/) loads with `generate`/`eval checkpoint=merged/`
-like any checkpoint, with plain linear layers: W' = W + (alpha / rank) * B @ A.
+like any checkpoint, with plain linear layers: W' = W + (alpha / rank) * B @ A. Its mode is the
+adapter's (an SFT adapter on a pretrained base gives a chat model); an adapter.json that does not
+record one leaves the base's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     saved = read_checkpoint_config(loaded.checkpoint)
+    # loaded.mode: the adapter's own when it records one, so an SFT adapter's merge chats by default
     config = {"model": dataclasses.asdict(loaded.model.cfg), "mode": loaded.mode, "lora": {"rank": 0},
               "merged_from": {"checkpoint": str(loaded.checkpoint), "adapter": args.adapter,
                               "lora": saved.get("lora")}, "config": saved.get("config")}

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -17,9 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 from zer02llm import eval as eval_cli
-from zer02llm.config import EvalConfig
+from zer02llm.config import ConfigError, EvalConfig
 from zer02llm.model.lora import apply_lora
 from zer02llm.model import Transformer
+from zer02llm.tokenizer import Tokenizer
 
 from conftest import TINY, compose, read_metrics, run_module
 
@@ -208,3 +210,91 @@ def test_merge_script_exports_a_model_that_answers_like_the_lora_run(runs, tmp_p
     again = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "merge_lora.py"),
                             str(runs["lora"]), str(out)], capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+MERGE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "merge_lora.py"
+
+
+@pytest.mark.slow
+def test_an_sft_adapter_on_a_pretrained_base_chats_and_merges_as_sft(runs, tmp_path):
+    from zer02llm.inference import load_for_inference
+
+    adapter = runs["lora"] / "checkpoints" / "last" / "adapter"
+    assert json.loads((adapter / "adapter.json").read_text())["mode"] == "sft"
+    assert load_for_inference(str(runs["pretrain"]), "cpu", adapter=str(adapter)).mode == "sft"
+    assert eval_cli.Session(EvalConfig(checkpoint=str(runs["pretrain"]), adapter=str(adapter)), print).chat
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, str(MERGE_SCRIPT), str(runs["pretrain"]), str(out), "--adapter",
+                           str(adapter)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["mode"] == "sft"
+    # an adapter.json written before the mode was recorded: the base's mode decides, as before
+    old = tmp_path / "old_adapter"
+    shutil.copytree(adapter, old)
+    meta = json.loads((old / "adapter.json").read_text())
+    assert meta["seq_len"] == 32  # the length the adapter was tuned on bounds eval's history
+    meta["seq_len"] = 24
+    (old / "adapter.json").write_text(json.dumps(meta))
+    assert load_for_inference(str(runs["pretrain"]), "cpu", adapter=str(old)).trained_seq_len == 24
+    del meta["mode"], meta["seq_len"]
+    (old / "adapter.json").write_text(json.dumps(meta))
+    older = load_for_inference(str(runs["pretrain"]), "cpu", adapter=str(old))
+    assert older.mode == "pretrain" and older.trained_seq_len == 32  # the base run's data.seq_len
+
+
+@pytest.mark.slow
+def test_history_is_trimmed_to_the_trained_length_and_says_so(runs, tmp_path):
+    notes: list[str] = []
+    cfg = EvalConfig(checkpoint=str(runs["sft"]), history_turns=4, max_new_tokens=3, stream=False)
+    session = eval_cli.Session(cfg, lambda text: None, notes.append)
+    assert session.context_len == 32 < session.loaded.model.cfg.max_seq_len  # data.seq_len of the run (TINY)
+    exchange = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    session.history = exchange * 3
+    assert len(session.prompt_ids("And 2 plus 2?")) < 32
+    session.reply("And 2 plus 2?")
+    assert "dropped the 3 oldest exchanges" in notes[0] and "32 tokens" in notes[0]
+    assert [turn["content"] for turn in session.history[:1]] == ["And 2 plus 2?"]  # the dropped ones stay dropped
+    # a checkpoint whose config.json lacks the run's config: the model's max_seq_len, as before
+    bare = tmp_path / "bare"
+    shutil.copytree(runs["sft"] / "checkpoints" / "last", bare)
+    saved = json.loads((bare / "config.json").read_text())
+    del saved["config"]
+    (bare / "config.json").write_text(json.dumps(saved))
+    session = eval_cli.Session(EvalConfig(checkpoint=str(bare)), lambda text: None)
+    assert session.loaded.trained_seq_len is None and session.context_len == session.loaded.model.cfg.max_seq_len
+
+
+def test_empty_input_is_an_error_not_a_silent_success(tmp_path):
+    cfg = EvalConfig(checkpoint="unused")
+    for text in ("", "\n  \n"):
+        with pytest.raises(ConfigError, match="no prompt was read from standard input"):
+            eval_cli.read_prompts(cfg, io.StringIO(text))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n")
+    with pytest.raises(ConfigError, match=f"prompts_file={blank}: no prompt in it"):
+        eval_cli.read_prompts(EvalConfig(checkpoint="unused", prompts_file=str(blank)), io.StringIO("ignored\n"))
+
+
+@pytest.mark.slow
+def test_empty_standard_input_exits_2_with_a_message(runs, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zer02llm.eval", f"checkpoint={runs['pretrain']}"], input="",
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "no prompt was read from standard input" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_jsonl_and_terminal_say_why_a_reply_ended(runs, tmp_path, monkeypatch):
+    out, err = Terminal(), io.StringIO()
+    cfg = EvalConfig(checkpoint=str(runs["pretrain"]), prompts=["Once upon"], max_new_tokens=2, seed=0,
+                     output=str(tmp_path / "cut.jsonl"))
+    monkeypatch.setattr("zer02llm.inference.sampling.generate", lambda *args: iter([40, 41, 42][:args[2]]))
+    [cut] = eval_cli.run(cfg, stdin=io.StringIO(), stdout=out, stderr=err)
+    assert cut["finish_reason"] == "length" and cut["tokens"] == 2
+    assert json.loads((tmp_path / "cut.jsonl").read_text())["finish_reason"] == "length"
+    assert err.getvalue() == "[truncated at max_new_tokens=2]\n"
+    eos = Tokenizer.load(runs["pretrain"] / "tokenizer").eos_id
+    monkeypatch.setattr("zer02llm.inference.sampling.generate", lambda *args: iter([40, eos]))
+    err = io.StringIO()
+    [done] = eval_cli.run(cfg, stdin=io.StringIO(), stdout=out, stderr=err)
+    assert done["finish_reason"] == "stop" and done["tokens"] == 2 and err.getvalue() == ""

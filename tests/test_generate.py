@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from zer02llm import generate as generate_cli
-from zer02llm.config import ConfigError, GenerateConfig
+from zer02llm import sampling
+from zer02llm.config import ConfigError, GenerateConfig, ModelConfig
+from zer02llm.model import Transformer
 from zer02llm.tokenizer import Tokenizer
 
-from conftest import TINY, run_module
+from conftest import REPO, TINY, run_module
 
 CHINESE = "小明在公园里看见了一只黄色的小狗，🐶很高兴！"
 
@@ -95,3 +98,26 @@ def _is_valid_utf8(data: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+def test_reply_says_why_it_ended_as_openai_names_it():
+    """finish_reason "length" when cut at max_new_tokens or the model's max_seq_len, "stop" at the stop token."""
+    from zer02llm.inference import Loaded, check_sampling, stream_reply, truncation_note
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.load(REPO / "tokenizer")
+    model = Transformer(ModelConfig(vocab_size=6400, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=16))
+    loaded = Loaded(model.eval(), tokenizer, REPO, "pretrain")
+    options = GenerateConfig(checkpoint="unused", max_new_tokens=3, temperature=0.0)
+    params = check_sampling(options)
+    never = -1  # a stop id no sampling produces
+
+    cut = stream_reply(loaded, [tokenizer.bos_id], options, params, stop_id=never)
+    assert (cut.finish_reason, cut.num_tokens) == ("length", 3)
+    assert truncation_note(cut, options, loaded) == "[truncated at max_new_tokens=3]"
+    full = stream_reply(loaded, [tokenizer.bos_id] * 14, options, params, stop_id=never)
+    assert (full.finish_reason, full.num_tokens) == ("length", 2)
+    assert truncation_note(full, options, loaded) == "[truncated at model.max_seq_len=16]"
+    first = next(sampling.generate(model, [tokenizer.bos_id], 1, params))  # greedy: the same token again
+    done = stream_reply(loaded, [tokenizer.bos_id], options, params, stop_id=first)
+    assert (done.finish_reason, done.num_tokens) == ("stop", 1) and truncation_note(done, options, loaded) is None

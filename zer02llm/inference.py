@@ -22,7 +22,10 @@ class Loaded:
     model: Transformer  # eval mode, LoRA adapters merged
     tokenizer: Tokenizer
     checkpoint: Path
-    mode: str  # the training mode of the checkpoint: "pretrain" or "sft"
+    mode: str  # the training mode: "pretrain" or "sft" (an adapter's own when it records one)
+    # data.seq_len of the run that trained the checkpoint (None when its config.json does not say):
+    # positions past it were never trained, though model.max_seq_len allows them
+    trained_seq_len: Optional[int] = None
 
 
 @dataclass
@@ -30,6 +33,9 @@ class Reply:
     text: str
     num_tokens: int
     seconds: float
+    # as OpenAI's API names it: "stop" when the stop token (eos / end of turn) was produced,
+    # "length" when cut at max_new_tokens or at the model's max_seq_len
+    finish_reason: str
 
 
 def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[str] = None,
@@ -45,6 +51,8 @@ def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[
     if lora.get("rank", 0) > 0:  # a LoRA run's checkpoint: base weights and adapters together
         apply_lora(model, lora["rank"], lora["alpha"], 0.0, lora["targets"])
     ckpt.load_weights(model, path)
+    mode = saved.get("mode", "pretrain")
+    seq_len = ((saved.get("config") or {}).get("data") or {}).get("seq_len")
     if adapter is not None:
         if lora.get("rank", 0) > 0:
             raise ConfigError(f"adapter={adapter}: checkpoint {path} already carries LoRA adapters")
@@ -53,11 +61,15 @@ def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[
             ckpt.check_model_config(meta["model"], model_cfg, Path(adapter))
         apply_lora(model, meta["rank"], meta["alpha"], 0.0, meta["targets"])
         load_lora_state_dict(model, tensors)
+        # an SFT adapter on a pretrained base chats, within the length it was tuned on; older adapters
+        # record neither: the base's
+        mode, seq_len = meta.get("mode", mode), meta.get("seq_len", seq_len)
     merge_lora(model)  # plain linear layers again: no adapter cost per token
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = Tokenizer.load(tokenizer_path or path / "tokenizer")
-    return Loaded(model.to(device).eval(), tokenizer, path, saved.get("mode", "pretrain"))
+    trained = seq_len if isinstance(seq_len, int) and seq_len > 0 else None
+    return Loaded(model.to(device).eval(), tokenizer, path, mode, trained)
 
 
 def check_sampling(options: SamplingOptions) -> sampling.SamplingParams:
@@ -74,17 +86,27 @@ def stream_reply(loaded: Loaded, prompt_ids: list[int], options: SamplingOptions
     """Sample a reply, handing each decoded piece to `write` as it comes (whole characters only)."""
     decoder = StreamDecoder(loaded.tokenizer)
     pieces: list[str] = []
-    started, count = time.perf_counter(), 0
+    started, count, last = time.perf_counter(), 0, None
     stop = loaded.tokenizer.eos_id if stop_id is None else stop_id
     for token in sampling.generate(loaded.model, prompt_ids, options.max_new_tokens, params, stop, generator):
-        count += 1
+        count, last = count + 1, token
         pieces.append(decoder.push(token))
         if write is not None and pieces[-1]:
             write(pieces[-1])
     pieces.append(decoder.flush())
     if write is not None and pieces[-1]:
         write(pieces[-1])
-    return Reply("".join(pieces), count, time.perf_counter() - started)
+    finish = "stop" if last is not None and last == stop else "length"
+    return Reply("".join(pieces), count, time.perf_counter() - started, finish)
+
+
+def truncation_note(reply: Reply, options: SamplingOptions, loaded: Loaded) -> Optional[str]:
+    """A one-line marker for a reply cut short ("[truncated at max_new_tokens=N]"), None for a finished one."""
+    if reply.finish_reason != "length":
+        return None
+    if reply.num_tokens < options.max_new_tokens:  # sampling stopped earlier: the context was full
+        return f"[truncated at model.max_seq_len={loaded.model.cfg.max_seq_len}]"
+    return f"[truncated at max_new_tokens={options.max_new_tokens}]"
 
 
 def make_generator(loaded: Loaded, seed: Optional[int]) -> Optional[torch.Generator]:

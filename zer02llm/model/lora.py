@@ -217,7 +217,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, metadata: Mappi
 
     `targets` are the wrapped module paths, so apply_lora(model, rank, alpha, dropout, targets) on a fresh
     base model wraps exactly the same layers. An existing adapter directory is replaced; a directory
-    holding anything else is refused rather than deleted.
+    holding anything else is refused rather than deleted. The trainer's metadata is {step, mode, model}:
+    `mode` ("pretrain" or "sft") is what the adapter was trained for, so loading it on a base of another
+    mode (an SFT adapter on a pretrained base) takes the adapter's.
     """
     modules = lora_modules(model)
     if not modules:
