@@ -4,21 +4,27 @@ RMSNorm (pre-norm, computed in float32) -> grouped-query attention with rotary e
 RMSNorm -> SwiGLU feed-forward, repeated n_layers times; a final norm and an LM head tied to the
 token embedding. Attention runs through torch's scaled_dot_product_attention, or a plain-math path
 that the tests use as the reference. A KVCache makes generation cost one token per step.
+Packed training windows can be document-masked (`doc_ids`, see masking.py) so that attention stops
+at document boundaries, optionally with rotary positions restarted per document (`positions`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from zer02llm.config import ModelConfig, MoEConfig
+from zer02llm.model.masking import HAS_FLEX, BlockMask, document_block_mask, document_causal_mask, \
+    flex_document_attention, flex_trains_on
 from zer02llm.model.moe import MoEFeedForward, RouterStats
 
 IGNORE_INDEX = -100  # targets with this value (padding, prompts) add nothing to the loss
+# a document mask: dense (B, 1, T, T) bool (True = may attend) for SDPA / math, or a flex BlockMask
+AttentionMask = Union[torch.Tensor, "BlockMask"]
 
 
 class RMSNorm(nn.Module):
@@ -44,7 +50,8 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + head_dim/2) of x (B, H, T, head_dim) by position-dependent angles."""
+    """Rotate channel pairs (i, i + head_dim/2) of x (B, H, T, head_dim) by position-dependent angles;
+    cos, sin are (T, head_dim) for positions shared by the batch, or (B, 1, T, head_dim)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
@@ -84,7 +91,7 @@ class Attention(nn.Module):
         self.o_proj.is_residual_proj = True
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Optional[KVCache] = None) -> torch.Tensor:
+                cache: Optional[KVCache] = None, mask: Optional[AttentionMask] = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
@@ -94,28 +101,33 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)  # now (B, KV, past + T, hd)
         past = k.size(2) - T
         dropout = self.dropout if self.training else 0.0
-        if self.impl == "sdpa":
-            y = self._sdpa(q, k, v, past, dropout)
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a flex BlockMask
+            y = flex_document_attention(q, k, v, mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        elif self.impl == "sdpa":
+            y = self._sdpa(q, k, v, past, dropout, mask)
         else:
-            y = self._math(q, k, v, past, dropout)
+            y = self._math(q, k, v, past, dropout, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _sdpa(self, q, k, v, past: int, dropout: float) -> torch.Tensor:
+    def _sdpa(self, q, k, v, past: int, dropout: float, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         # Common cases need no mask tensor: a fresh sequence is plain causal, and a single new
-        # token may see everything cached. Only a multi-token chunk after a cache needs one.
-        mask = None
-        if past and q.size(2) > 1:
+        # token may see everything cached. Only a multi-token chunk after a cache needs one, and
+        # a document mask comes with causality already in it.
+        is_causal = mask is None and past == 0 and q.size(2) > 1
+        if mask is None and past and q.size(2) > 1:
             mask = causal_mask(q.size(2), k.size(2), q.device)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=(past == 0 and q.size(2) > 1),
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
 
-    def _math(self, q, k, v, past: int, dropout: float) -> torch.Tensor:
+    def _math(self, q, k, v, past: int, dropout: float, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         n_rep = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, past + T)
-        scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
+        if mask is None:
+            mask = causal_mask(q.size(2), k.size(2), q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
         weights = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
         weights = F.dropout(weights, p=dropout, training=dropout > 0)
         return weights @ v
@@ -154,9 +166,9 @@ class Block(nn.Module):
             self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[RouterStats]]:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Optional[KVCache] = None,
+                mask: Optional[AttentionMask] = None) -> tuple[torch.Tensor, Optional[RouterStats]]:
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, mask))
         if self.is_moe:
             out, stats = self.ffn(self.ffn_norm(x))
             return x + out, stats
@@ -190,6 +202,9 @@ class Transformer(nn.Module):
         # not saved: recomputed from the config
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # kernel for document masks: None picks flex_attention where it trains (CUDA) and the dense
+        # mask elsewhere; True/False force it (flex needs model.attention="sdpa" and no attention dropout)
+        self.use_flex_attention: Optional[bool] = None
         self.apply(self._init_weights)
 
     def _apply(self, fn, recurse=True):
@@ -215,17 +230,33 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, tokens: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None) -> Output:
-        """tokens (B, T) -> logits (B, T, vocab); with a cache, tokens continue the cached ones."""
+                cache: Optional[KVCache] = None, doc_ids: Optional[torch.Tensor] = None,
+                positions: Optional[torch.Tensor] = None) -> Output:
+        """tokens (B, T) -> logits (B, T, vocab); with a cache, tokens continue the cached ones.
+
+        doc_ids (B, T), e.g. masking.document_ids(tokens, bos_id): each token attends only to earlier
+        tokens with the same id. positions (B, T): rotary position of each token instead of 0..T-1,
+        e.g. masking.document_positions(doc_ids) to restart at every document. Both are for whole
+        training windows, not for generation with a cache.
+        """
         start = cache.length if cache is not None else 0
         T = tokens.size(1)
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        for name, value in (("doc_ids", doc_ids), ("positions", positions)):
+            if value is not None and cache is not None:
+                raise ValueError(f"{name} is for training windows; generation with a KV cache takes none")
+            if value is not None and value.shape != tokens.shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}; it must match tokens {tuple(tokens.shape)}")
+        if positions is None:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
+        else:
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+        mask = self._document_mask(doc_ids) if doc_ids is not None else None  # once, shared by all layers
         x = self.dropout(self.tok_embeddings(tokens))
         router_stats = []
         for layer in self.layers:
-            x, stats = layer(x, cos, sin, cache)
+            x, stats = layer(x, cos, sin, cache, mask)
             if stats is not None:
                 router_stats.append(stats)
         if cache is not None:
@@ -241,6 +272,18 @@ class Transformer(nn.Module):
                       expert_load=torch.stack([s.expert_load for s in router_stats]),
                       router_entropy=torch.stack([s.router_entropy for s in router_stats]),
                       dropped_tokens=torch.stack([s.dropped for s in router_stats]).sum())
+
+    def _document_mask(self, doc_ids: torch.Tensor) -> AttentionMask:
+        """The mask of doc_ids in the form the kernel takes: a flex BlockMask or a dense boolean mask."""
+        flex_fits = HAS_FLEX and self.cfg.attention == "sdpa" and not (self.training and self.cfg.dropout > 0)
+        if self.use_flex_attention is None:
+            use_flex = flex_fits and flex_trains_on(doc_ids.device)
+        elif self.use_flex_attention and not flex_fits:  # flex has no attention dropout: never drop it silently
+            raise ValueError("use_flex_attention=True needs torch's flex_attention, model.attention='sdpa' "
+                             f"(got {self.cfg.attention!r}) and no dropout while training (got {self.cfg.dropout})")
+        else:
+            use_flex = self.use_flex_attention
+        return document_block_mask(doc_ids) if use_flex else document_causal_mask(doc_ids)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         param = self.tok_embeddings.weight
