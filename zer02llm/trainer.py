@@ -27,16 +27,18 @@ from torch.nn.parallel import DistributedDataParallel
 from zer02llm import checkpoint as ckpt
 from zer02llm import distributed
 from zer02llm.config import Config, ConfigError, HardwareConfig
+from zer02llm.data.packing import pretrain_dataset
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
 from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
-from zer02llm.model import IGNORE_INDEX, Output, Transformer
+from zer02llm.evaluation import evaluate
+from zer02llm.model import IGNORE_INDEX, Output, Transformer, document_ids
 from zer02llm.model.lora import apply_lora, save_adapter
-from zer02llm.optim import build_optimizer, lr_at
+from zer02llm.optim import Anchor, build_optimizer, lr_at, relaid_anchor
 from zer02llm.resources import sample_data_path
 from zer02llm.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
-from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses
+from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses, write_run_config
 
 log = logging.getLogger(__name__)
 # sharded state gathered whole, on the CPU: checkpoints independent of the world size
@@ -65,15 +67,29 @@ def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]
     return device, DTYPES[dtype_name]
 
 
+def set_threads(hardware: HardwareConfig) -> None:
+    """hardware.threads > 0 sets torch's intra-op CPU threads; null/0 keeps torch's default (one per core)."""
+    if not hardware.threads:
+        return
+    torch.set_num_threads(hardware.threads)
+    cores = os.cpu_count() or 1
+    if hardware.threads > cores:  # more threads than cores: they preempt each other at every op
+        log.warning("hardware.threads=%d exceeds this machine's %d CPU cores: expect slower steps; use "
+                    "hardware.threads=%d or fewer", hardware.threads, cores, cores)
+    log.info("torch CPU threads: %d (hardware.threads; %d cores)", torch.get_num_threads(), cores)
+
+
 SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl")}
 
 
 def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
-    """Training and validation files; null train_path means the shipped sample corpus (and its val)."""
+    """Training and validation files; null train_path means the shipped sample corpus, and val_path
+    "auto" its validation file (no validation for a corpus of one's own); null val_path: none."""
+    val_path = cfg.data.val_path
     if cfg.data.train_path is None:
         train_file, val_file = SAMPLE_FILES[cfg.mode.name]
-        return str(sample_data_path(train_file)), cfg.data.val_path or str(sample_data_path(val_file))
-    return cfg.data.train_path, cfg.data.val_path
+        return str(sample_data_path(train_file)), str(sample_data_path(val_file)) if val_path == "auto" else val_path
+    return cfg.data.train_path, None if val_path == "auto" else val_path
 
 
 class Trainer:
@@ -89,6 +105,7 @@ class Trainer:
             logging.getLogger("zer02llm").setLevel(logging.WARNING)
         log.info("run directory: %s%s", self.run_dir,
                  f" ({self.env.world_size} ranks)" if self.env.enabled else "")
+        set_threads(cfg.hardware)  # before any heavy work: torch sizes its thread pool on first use
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = Tokenizer.load(cfg.tokenizer.path)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
@@ -98,11 +115,21 @@ class Trainer:
         train_path, val_path = data_paths(cfg)
         self.train_data = self._dataset(train_path)
         self.val_data = self._dataset(val_path) if val_path else None
+        self.byte_lengths = torch.tensor(self.tokenizer.byte_lengths())  # for val_bpb
         self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed,
                                     rank=self.env.rank, world_size=self.env.world_size)
         steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = (cfg.train.max_steps if cfg.train.max_steps > 0
                             else math.ceil(cfg.train.epochs * steps_per_epoch))
+        if cfg.train.warmup_steps >= self.total_steps:
+            source = (f"train.max_steps={cfg.train.max_steps}" if cfg.train.max_steps > 0
+                      else f"train.epochs={cfg.train.epochs} x {steps_per_epoch} steps per epoch")
+            log.warning("train.warmup_steps=%d >= the run's %d steps (%s): the learning rate only warms up and "
+                        "the run ends at %.2e, never decaying (peak train.lr=%.2e): lower train.warmup_steps "
+                        "below %d or train longer", cfg.train.warmup_steps, self.total_steps, source,
+                        lr_at(self.total_steps - 1, cfg.train.lr, cfg.train.warmup_steps, self.total_steps,
+                              cfg.train.min_lr_ratio), cfg.train.lr, self.total_steps)
+        self.lr_anchor: Anchor = None  # set when a resumed run's total_steps differs from its checkpoint's
 
         self.model = Transformer(cfg.model).to(self.device)
         if cfg.mode.init_from:
@@ -128,6 +155,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.tokens_seen = 0  # target tokens trained on (every token when pretraining; assistant tokens in SFT)
+        # training wall time of earlier invocations (up to the checkpoint resumed from) and of this one
+        self.wall_seconds_before = 0.0
+        self.fit_start: Optional[float] = None
         self.wandb_id: Optional[str] = None
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
@@ -137,7 +167,14 @@ class Trainer:
         if self.cfg.mode.name == "sft":
             tokens = tokenize_sft_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict)
             return SFTDataset(tokens, data.seq_len, self.tokenizer.pad_id)
-        return PackedDataset(tokenize_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict), data.seq_len)
+        return pretrain_dataset(tokenize_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict),
+                                data.seq_len, data.packing, self.tokenizer.bos_id, self.tokenizer.pad_id)
+
+    def forward_kwargs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra model arguments for a batch: the documents of packed windows, with data.document_mask."""
+        if not self.cfg.data.document_mask:
+            return {}
+        return {"doc_ids": document_ids(inputs, self.tokenizer.bos_id)}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -148,7 +185,7 @@ class Trainer:
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, weight: float) -> Output:
         """Backward of this micro-batch's share (`weight`) of the step's loss."""
         with self.autocast():
-            out = self.forward(inputs, targets)
+            out = self.forward(inputs, targets, **self.forward_kwargs(inputs))
         # an MoE model's balance loss trains the routers; it is logged apart from the LM loss
         loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
         self.scaler.scale(loss * weight).backward()
@@ -157,7 +194,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over grad_accum micro-batches; returns device tensors (no host sync)."""
         train = self.cfg.train
-        lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio)
+        lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = [self.train_data.batch(self.sampler.next_batch()) for _ in range(train.grad_accum)]
@@ -198,32 +235,12 @@ class Trainer:
             sums["dropped_tokens"] = sums["dropped_tokens"] * train.grad_accum  # a count: summed, not averaged
         return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": total}
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the first eval_batches batches of the validation set, shared among ranks."""
+        """Loss, perplexity and bits per byte over the first eval_batches batches of the validation set."""
         assert self.val_data is not None
-        self.model.eval()
-        batch_size = self.cfg.train.batch_size
-        n_batches = math.ceil(len(self.val_data) / batch_size)
-        if self.cfg.train.eval_batches > 0:
-            n_batches = min(n_batches, self.cfg.train.eval_batches)
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * targets, targets
-        # every rank runs the same number of forwards (a sharded model gathers its weights in each);
-        # a rank past the end repeats batch 0 with weight 0
-        for i in range(math.ceil(n_batches / self.env.world_size)):
-            b = i * self.env.world_size + self.env.rank
-            counted = b < n_batches
-            b = b if counted else 0
-            indices = list(range(b * batch_size, min(len(self.val_data), (b + 1) * batch_size)))
-            inputs, targets = self.val_data.batch(indices)
-            with self.autocast():
-                loss = self.model(inputs.to(self.device), targets.to(self.device)).loss
-            n_targets = int((targets != IGNORE_INDEX).sum()) if counted else 0  # SFT: assistant tokens only
-            sums += torch.tensor([loss.item() * n_targets, n_targets], dtype=torch.float64, device=self.device)
-        distributed.all_reduce_sum(sums)
-        self.model.train()
-        val_loss = (sums[0] / sums[1]).item()
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        return evaluate(self.model, self.val_data, self.cfg.train.batch_size, self.cfg.train.eval_batches,
+                        self.byte_lengths, self.device, self.env.rank, self.env.world_size, self.autocast,
+                        self.forward_kwargs)
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -238,7 +255,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
                 "tokens_seen": self.tokens_seen,
-                "total_steps": self.total_steps}
+                "total_steps": self.total_steps, "lr_anchor": self.lr_anchor, "batch": self.batch_layout(),
+                "wall_seconds": self.wall_seconds()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
@@ -250,12 +268,86 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        self.check_batch_layout(state.get("batch"))  # before the sampler's own, vaguer, check
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.wandb_id = state.get("wandb_id")
         self.tokens_seen = state.get("tokens_seen", 0)
+        self.wall_seconds_before = state.get("wall_seconds", 0.0)
+        self.continue_schedule(state.get("total_steps", self.total_steps), state.get("lr_anchor"))
+
+    def batch_layout(self) -> dict[str, int]:
+        """What one optimizer step takes: batch_size x world_size x grad_accum sequences."""
+        return {"batch_size": self.cfg.train.batch_size, "world_size": self.env.world_size,
+                "grad_accum": self.cfg.train.grad_accum}
+
+    def check_batch_layout(self, saved: Optional[dict[str, int]]) -> None:
+        """Refuse to resume with another number of sequences per optimizer step; any split of it is fine."""
+        if saved is None:  # a checkpoint from before the layout was stored: only the sampler's check
+            return
+        now = self.batch_layout()
+        per_step = saved["batch_size"] * saved["world_size"] * saved["grad_accum"]
+        now_per_step = now["batch_size"] * now["world_size"] * now["grad_accum"]
+
+        def layout(b: dict[str, int]) -> str:
+            return (f"train.batch_size={b['batch_size']} x {b['world_size']} rank(s) x "
+                    f"train.grad_accum={b['grad_accum']}")
+
+        if per_step == now_per_step:
+            if saved != now:  # same samples per step; only the float summation order differs
+                log.info("resuming with %s instead of %s: the same %d sequences per optimizer step",
+                         layout(now), layout(saved), per_step)
+            return
+        ranks = now["world_size"]
+        fixes = []
+        if per_step % (ranks * now["grad_accum"]) == 0:
+            fixes.append(f"train.batch_size={per_step // (ranks * now['grad_accum'])}")
+        if per_step % (ranks * now["batch_size"]) == 0:
+            fixes.append(f"train.grad_accum={per_step // (ranks * now['batch_size'])}")
+        own = f"train.batch_size={saved['batch_size']} train.grad_accum={saved['grad_accum']}"
+        if saved["world_size"] != ranks:
+            own += f" on {saved['world_size']} rank(s)"
+        if own not in fixes:
+            fixes.append(own)
+        raise ConfigError(
+            f"the checkpoint was trained with {per_step} sequences per optimizer step ({layout(saved)}), this "
+            f"run would take {now_per_step} ({layout(now)}): a resumed run keeps batch_size x ranks x grad_accum, "
+            f"or its steps, data position and learning-rate schedule stop meaning what they did. Resume with "
+            f"{' or '.join(fixes)}; to go on with another batch, start a new run from the weights with "
+            f"mode.init_from=<the checkpoint> instead of train.resume")
+
+    def continue_schedule(self, saved_total: int, saved_anchor: Optional[tuple[int, float]]) -> None:
+        """Follow the checkpoint's schedule; if this run's total_steps differs, re-lay it so the lr never jumps."""
+        anchor: Anchor = (int(saved_anchor[0]), float(saved_anchor[1])) if saved_anchor is not None else None
+        if saved_total == self.total_steps:
+            self.lr_anchor = anchor  # the same run: its anchor, if any, makes the resume exact
+            return
+        train = self.cfg.train
+        self.lr_anchor = relaid_anchor(self.step, train.lr, train.warmup_steps, saved_total, train.min_lr_ratio,
+                                       anchor)
+        if self.step >= self.total_steps:  # nothing left to train: fit() says so
+            return
+        min_lr = train.lr * train.min_lr_ratio
+        if self.lr_anchor is None:
+            log.info("the run now has %d steps (the checkpoint's had %d); at step %d it is still warming up, "
+                     "so warmup goes on and the cosine decays to %.2e at step %d", self.total_steps, saved_total,
+                     self.step, min_lr, self.total_steps)
+            return
+        start_lr = self.lr_anchor[1]
+        log.info("the run now has %d steps (the checkpoint's had %d): the learning-rate schedule is re-laid from "
+                 "step %d, where it was %.2e, as a cosine to %.2e at step %d (no jump)", self.total_steps,
+                 saved_total, self.step, start_lr, min_lr, self.total_steps)
+        if self.step >= saved_total:  # the old run had finished: its cosine had reached the floor
+            log.warning("the checkpoint's run had decayed to its floor lr %.2e: the %d extra steps train at that "
+                        "lr. For a new warmup and decay, start a new run with mode.init_from=<the checkpoint>",
+                        min_lr, self.total_steps - self.step)
+
+    def wall_seconds(self) -> float:
+        """Training wall time of the whole run: earlier invocations (to the checkpoint resumed from) and this one."""
+        this_session = time.perf_counter() - self.fit_start if self.fit_start is not None else 0.0
+        return self.wall_seconds_before + this_session
 
     def save(self) -> Optional[Path]:
         weights = None
@@ -268,34 +360,53 @@ class Trainer:
             return None
         config = {"model": dataclasses.asdict(self.cfg.model), "mode": self.cfg.mode.name,
                   "lora": dataclasses.asdict(self.cfg.lora), "config": self.resolved_config}
+
+        def write_adapter(directory: Path) -> None:  # the adapters alone too: a small file to ship or merge later
+            save_adapter(self.model, directory / "adapter", {"step": self.step, "mode": self.cfg.mode.name,
+                                                             "seq_len": self.cfg.data.seq_len,
+                                                             "model": dataclasses.asdict(self.cfg.model)})
+
+        # the adapter goes inside the checkpoint before it is renamed into place: never one without it
         path = ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model, state, config,
-                                    self.tokenizer.path, self.cfg.train.keep_checkpoints, weights)
-        if self.cfg.lora.rank > 0:  # the adapters alone too: a small file to ship or merge later
-            save_adapter(self.model, path / "adapter", {"step": self.step, "model": dataclasses.asdict(self.cfg.model)})
+                                    self.tokenizer.path, self.cfg.train.keep_checkpoints, weights,
+                                    write_adapter if self.cfg.lora.rank > 0 else None)
         log.info("saved checkpoint %s", path)
         return path
 
     def resume(self, where: str) -> None:
+        """Continue from the checkpoint `where` names ("auto": this run's newest intact one, if any).
+
+        Every file is read and checked before the model takes anything from it; the run directory
+        itself changes only afterwards, in claim_run_dir()."""
         if where == "auto":
-            found = ckpt.latest_checkpoint(self.checkpoint_root)
+            found = ckpt.latest_resumable(self.checkpoint_root, self.cfg.model, self.device)
             if found is None:
                 log.info("train.resume=auto: no checkpoint in %s yet, starting fresh", self.checkpoint_root)
                 return
         else:
-            found = ckpt.resolve_checkpoint(where)
+            found = ckpt.read_for_resume(ckpt.resolve_checkpoint(where), self.cfg.model, self.device)
+        weights = found.weights
+        if self.cfg.model.tie_embeddings:  # stored once; the model holds one tensor under two names
+            shared = weights.get("lm_head.weight", weights.get("tok_embeddings.weight"))
+            weights.update({"lm_head.weight": shared, "tok_embeddings.weight": shared})
         if self.sharded:
-            ckpt.check_model_config(ckpt.read_checkpoint_config(found)["model"], self.cfg.model, found)
-            weights = ckpt.read_weights(found)
-            if self.cfg.model.tie_embeddings:  # one tensor under two names
-                shared = weights.get("lm_head.weight", weights.get("tok_embeddings.weight"))
-                weights.update({"lm_head.weight": shared, "tok_embeddings.weight": shared})
             set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True))
         else:
-            ckpt.load_model_weights(self.model, found)
-        self.load_state_dict(ckpt.load_trainer_state(found, self.device))
-        if self.env.is_main:
-            self.metrics.truncate_after(self.step)
-        log.info("resumed from %s at step %d", found, self.step)
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise ConfigError(f"{found.path / 'model.safetensors'} does not fit the model: missing {missing}, "
+                                  f"unexpected {unexpected}")
+        self.load_state_dict(found.trainer_state)
+        log.info("resumed from %s at step %d", found.path, self.step)
+
+    def claim_run_dir(self) -> None:
+        """Write config.yaml and cut metrics.jsonl back to this start's step (0 when fresh: a killed first
+        attempt's rows go). Called once the checkpoint is accepted or a fresh start decided, so a
+        refused resume leaves the run directory as it was."""
+        if not self.env.is_main:
+            return
+        write_run_config(self.run_dir / "config.yaml", self.resolved_config)
+        self.metrics.truncate_after(self.step)
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -305,6 +416,18 @@ class Trainer:
             resume = "auto"  # a requeued SLURM job continues from its own run directory's checkpoint
         if resume:
             self.resume(resume)
+            if self.step >= self.total_steps:  # nothing to do: the finished run's summary.json stays as it is
+                where = "the run's" if self.step == self.total_steps else "past the run's"
+                log.warning("train.resume=%s: the run is already complete (checkpoint at step %d, %s %d steps): "
+                            "nothing to train, summary.json left as it is. To train longer, raise train.max_steps, "
+                            "e.g. train.max_steps=%d (the lr then decays on from the checkpoint's, without a jump)",
+                            resume, self.step, where, self.total_steps, 2 * self.step)
+                return {}
+        self.claim_run_dir()
+        if cfg.mode.name == "sft" and not cfg.mode.init_from and self.step == 0:
+            log.warning("mode=sft without mode.init_from: fine-tuning RANDOMLY INITIALISED weights, not a "
+                        "pretrained model. Give mode.init_from=<a pretraining run directory or checkpoint> "
+                        "(e.g. mode.init_from=outputs/pretrain); ignore this only if SFT from scratch is meant")
         n_params, n_active = self.model.num_params(), self.model.num_params(active=True)
         active = f", {n_active / 1e6:.2f}M active per token" if n_active != n_params else ""
         n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -325,7 +448,7 @@ class Trainer:
         last: dict[str, float] = {}
         saved_step = self.step
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-        fit_start, fit_start_step = window_start, self.step
+        self.fit_start, fit_start_step = window_start, self.step
         # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (sys.stderr.isatty() and self.env.is_main))
@@ -358,7 +481,7 @@ class Trainer:
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
                                         tok_s=f"{row['tokens_per_s']:.0f}", **moe_summary(row))
-                        eta = ((time.perf_counter() - fit_start) / (self.step - fit_start_step)
+                        eta = ((time.perf_counter() - self.fit_start) / (self.step - fit_start_step)
                                * (self.total_steps - self.step))
                         moe = "".join(f", {k} {v}" for k, v in moe_summary(row).items())
                         log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", self.step,
@@ -368,8 +491,8 @@ class Trainer:
                     if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
                                                       or self.step == self.total_steps):
                         row = {"step": self.step, **row, **self.evaluate()}
-                        log.info("step %d: val loss %.4f, perplexity %.2f", self.step, row["val_loss"],
-                                 row["val_ppl"])
+                        log.info("step %d: val loss %.4f, perplexity %.2f, %.4f bits per byte", self.step,
+                                 row["val_loss"], row["val_ppl"], row["val_bpb"])
                         window_start = time.perf_counter()  # evaluation time is not training time
                     if row and self.env.is_main:
                         self.metrics.write(row)
@@ -392,7 +515,7 @@ class Trainer:
         plot = plot_losses(rows, self.run_dir / "loss.png")
         if plot:
             log.info("loss curves: %s", plot)
-        self.write_summary(rows, time.perf_counter() - fit_start, fit_start_step)
+        self.write_summary(rows, self.wall_seconds(), fit_start_step)
         return last
 
     def stop_requested(self, stop: StopSignals) -> bool:
@@ -413,7 +536,7 @@ class Trainer:
         return reduced
 
     def write_summary(self, rows: list[dict[str, Any]], seconds: float, first_step: int) -> None:
-        """summary.json: the figures a sweep table needs, for this run as a whole."""
+        """summary.json: the figures a sweep table needs, for this run as a whole (`seconds`: all invocations)."""
         train_rows = [r for r in rows if "loss" in r]
         val_rows = [r for r in rows if "val_loss" in r]
         rates = [r["tokens_per_s"] for r in train_rows]
@@ -422,8 +545,10 @@ class Trainer:
             "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
             "final_loss": train_rows[-1]["loss"] if train_rows else None,
             "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+            "final_val_bpb": val_rows[-1].get("val_bpb") if val_rows else None,
             "tokens_per_s": sum(rates) / len(rates) if rates else None,
             "wall_seconds": round(seconds, 2), "steps_this_session": self.step - first_step,
+            "wall_seconds_this_session": round(seconds - self.wall_seconds_before, 2),
             "tokens": self.tokens_seen,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
