@@ -16,8 +16,13 @@ Peak: --peak-tflops, else a table of dense bf16 tensor-core peaks by GPU name; M
 unless --peak-tflops is given. Memory: CUDA max_memory_allocated; on the CPU the process's peak RSS
 during each model's training phase (VmHWM, reset through /proc/self/clear_refs; ru_maxrss otherwise).
 
+Compile: with --compile the first warm-up step traces and compiles (forward and backward); warm-up
+steps are never timed, so tokens/s is the compiled steady state, and the warm-up's seconds (compile
+included) are reported apart as warmup_s / first_step_s.
+
     python scripts/bench.py                                               # reference shape, fp32 on CPU
     python scripts/bench.py --dim 128 --n-layers 2 --n-heads 4 --seq-len 128     # the hardware=cpu preset
+    python scripts/bench.py --preset 16gb --moe --compile --json bench.json  # hardware=16gb's model and batch
     python scripts/bench.py --device cuda --compile --json bench.json
 """
 
@@ -57,6 +62,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
                     ("A100", 312.0), ("RTX 3090", 71.0), ("RTX 4090", 165.0)]
 FORMULA = "flops_per_token = 6*N_matmul + 12*n_layers*dim*seq_len; MFU = tokens/s * flops_per_token / peak"
+# the reference shape, without --preset
+SHAPE_DEFAULTS = dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=2, seq_len=256, batch_size=8, vocab_size=6400)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -66,19 +73,32 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     add = p.add_argument
-    add("--dim", type=int, default=256, help="model width")
-    add("--n-layers", type=int, default=4, help="Transformer blocks")
-    add("--n-heads", type=int, default=8, help="query heads")
-    add("--n-kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
-    add("--seq-len", type=int, default=256, help="training sequence length")
-    add("--batch-size", type=int, default=8, help="training sequences per step")
-    add("--vocab-size", type=int, default=6400, help="vocabulary (random tokens below it)")
+    add("--preset", choices=hardware_presets(), default=None,
+        help="shape, seq_len and batch_size of `hardware=<preset>` (with --moe: and model=moe), composed as the "
+             "train command composes them; shape flags given as well override the preset's values")
+    # shape: unset means the preset's value, or without --preset the reference shape (SHAPE_DEFAULTS)
+    add("--dim", type=int, default=None, help=f"model width; unset: {SHAPE_DEFAULTS['dim']}")
+    add("--n-layers", type=int, default=None, help=f"Transformer blocks; unset: {SHAPE_DEFAULTS['n_layers']}")
+    add("--n-heads", type=int, default=None, help=f"query heads; unset: {SHAPE_DEFAULTS['n_heads']}")
+    add("--n-kv-heads", type=int, default=None,
+        help=f"key/value heads (grouped-query attention); unset: {SHAPE_DEFAULTS['n_kv_heads']}")
+    add("--seq-len", type=int, default=None, help=f"training sequence length; unset: {SHAPE_DEFAULTS['seq_len']}")
+    add("--batch-size", type=int, default=None,
+        help=f"training sequences per step; unset: {SHAPE_DEFAULTS['batch_size']}")
+    add("--vocab-size", type=int, default=None,
+        help=f"vocabulary (random tokens below it); unset: {SHAPE_DEFAULTS['vocab_size']}")
     add("--steps", type=int, default=10, help="timed training steps")
     add("--warmup", type=int, default=3, help="untimed training steps before them")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     add("--dtype", choices=["auto", *DTYPES], default="auto", help="autocast dtype; auto: float32 on CPU, bfloat16 on CUDA")
     add("--attention", choices=["sdpa", "math"], default="sdpa", help="our attention path (the peer uses sdpa)")
-    add("--compile", action="store_true", help="torch.compile both models for training (generation runs eager)")
+    add("--compile", action="store_true",
+        help="torch.compile both models for training (generation runs eager); the compile falls in the untimed "
+             "warm-up, reported apart (warmup_s)")
+    add("--compile-backend", default="inductor",
+        help="torch.compile backend; 'aot_eager' traces forward and backward without generating kernels (a quick "
+             "check that the compiled path runs)")
+    add("--no-generate", action="store_true", help="skip the generation timing (e.g. when an eager run has it)")
     add("--peak-tflops", type=float, default=None,
         help="device peak TFLOP/s for MFU; unset: known GPUs' dense bf16 peak, n/a on CPU")
     add("--gen-tokens", type=int, default=64, help=f"new tokens per generation (batch 1, {PROMPT_LEN}-token prompt)")
@@ -87,14 +107,60 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     add("--hidden-dim", type=int, default=None, help="SwiGLU width (dense) or expert width (MoE); unset: 64*ceil(8*dim/3/64)")
     add("--moe", action="store_true", help="benchmark the Mixture-of-Experts model (no transformers peer)")
-    add("--num-experts", type=int, default=4, help="MoE: routed experts")
-    add("--experts-per-token", type=int, default=2, help="MoE: top-k")
-    add("--num-shared-experts", type=int, default=1, help="MoE: always-on experts")
-    add("--capacity-factor", type=float, default=0.0, help="MoE: 0 = dropless")
+    moe = MoEConfig()  # unset MoE flags: the preset's model=moe values, else MoEConfig's defaults
+    add("--num-experts", type=int, default=None, help=f"MoE: routed experts; unset: {moe.num_experts}")
+    add("--experts-per-token", type=int, default=None, help=f"MoE: top-k; unset: {moe.experts_per_token}")
+    add("--num-shared-experts", type=int, default=None,
+        help=f"MoE: always-on experts; unset: {moe.num_shared_experts}")
+    add("--capacity-factor", type=float, default=None, help=f"MoE: 0 = dropless; unset: {moe.capacity_factor}")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.gen_tokens < 1:
         p.error("--steps and --gen-tokens must be >= 1, --warmup >= 0")
+    if args.compile and args.warmup < 1:
+        p.error("--compile needs --warmup >= 1: the first step compiles, and a timed one would count the compile")
+    fill_shape(args)
     return args
+
+
+def hardware_presets() -> list[str]:
+    """The hardware=<name> presets of conf/hardware/."""
+    from zer02llm.resources import shipped_path
+
+    return sorted(p.stem for p in (shipped_path("conf") / "hardware").glob("*.yaml"))
+
+
+def preset_shape(preset: str, moe: bool) -> dict[str, Any]:
+    """Shape, seq_len and batch_size that `python -m zer02llm.train hardware=<preset> [model=moe]` trains with:
+    the config composed by Hydra, as the train command does (so imported only here)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from zer02llm.config import register_configs
+    from zer02llm.resources import shipped_path
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(shipped_path("conf"))):
+        cfg: Config = OmegaConf.to_object(compose("config", [f"hardware={preset}", f"model={'moe' if moe else 'dense'}"]))
+    m = cfg.model
+    values = dict(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, vocab_size=m.vocab_size,
+                  seq_len=cfg.data.seq_len, batch_size=cfg.train.batch_size, hidden_dim=m.hidden_dim)
+    if isinstance(m, MoEConfig):
+        values.update(hidden_dim=m.expert_hidden_dim, num_experts=m.num_experts, experts_per_token=m.experts_per_token,
+                      num_shared_experts=m.num_shared_experts, capacity_factor=m.capacity_factor)
+    return values
+
+
+def fill_shape(args: argparse.Namespace) -> None:
+    """Unset shape flags from --preset, else from SHAPE_DEFAULTS (MoE flags: MoEConfig's defaults)."""
+    moe = MoEConfig()
+    fallback = {**SHAPE_DEFAULTS, "hidden_dim": None, "num_experts": moe.num_experts,
+                "experts_per_token": moe.experts_per_token, "num_shared_experts": moe.num_shared_experts,
+                "capacity_factor": moe.capacity_factor}
+    if args.preset:
+        fallback.update(preset_shape(args.preset, args.moe))
+    for key, value in fallback.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def sync(device: torch.device) -> None:
@@ -149,14 +215,27 @@ def others_cpu_share(start: Optional[tuple[float, float, float]]) -> Optional[fl
     return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
 
 
+def contention_warning(others_share: Optional[float], threads: int) -> Optional[str]:
+    """What to say when other processes competed for the CPUs (None when they hardly did)."""
+    if (others_share or 0) <= 0.1:
+        return None
+    # torch's threads wait for each other at every op, so a busy neighbour stalls all of them:
+    # one thread suffers least (README, Benchmark), but that advice is no use once it is taken
+    advice = (f"or try --threads 1 (this run had {threads})" if threads > 1
+              else "--threads 1 is already the least sensitive to them")
+    return (f"warning: other processes took {others_share:.0%} of the CPU time during the run, so these "
+            f"timings are noisy: rerun on a quiet machine, {advice}")
+
+
 def time_training(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
                   batches: list[torch.Tensor], warmup: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Run a full training step per batch; time those after the first `warmup`."""
+    """Run a full training step per batch; time those after the first `warmup` (whose seconds, a compile
+    included, are reported apart)."""
     mem_method = reset_peak_memory(device)
     optimizer = build_optimizer(model, Config(), device)  # AdamW, fused where torch has it
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model.train()
-    times, losses = [], []
+    times, warmup_times, losses = [], [], []
     for i, batch in enumerate(batches):
         sync(device)
         start = time.perf_counter()
@@ -169,15 +248,15 @@ def time_training(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor], torc
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        (times if i >= warmup else warmup_times).append(time.perf_counter() - start)
         # a float, not a tensor: small tensors kept alive across steps pin glibc's heap and RSS grows each step
         losses.append(loss.item())
     tokens = sum(b.numel() for b in batches[warmup:])
     return {"tokens_per_s": tokens / sum(times), "ms_per_step": 1e3 * sum(times) / len(times),
             "ms_per_step_median": 1e3 * statistics.median(times), "steps": len(times), "warmup": warmup,
             "loss_first": losses[0], "loss_last": losses[-1], "peak_mem_mb": peak_memory_mb(device),
-            "mem_method": mem_method, "fused_adamw": bool(optimizer.defaults.get("fused"))}
+            "mem_method": mem_method, "fused_adamw": bool(optimizer.defaults.get("fused")),
+            "warmup_s": sum(warmup_times), "first_step_s": warmup_times[0] if warmup_times else None}
 
 
 def time_generation(gen_fn: Callable[[], list[int]], n_new: int, device: torch.device, dtype: torch.dtype) -> dict:
@@ -246,8 +325,10 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict:
 
 def bench_model(label: str, model: torch.nn.Module, loss_fn: Callable, gen_fn: Callable, batches: list[torch.Tensor],
                 args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    print(f"[{label}] generation ...", file=sys.stderr, flush=True)
-    gen = time_generation(gen_fn, args.gen_tokens, device, dtype)  # first, while the weights are the initial ones
+    gen = None
+    if not args.no_generate:
+        print(f"[{label}] generation ...", file=sys.stderr, flush=True)
+        gen = time_generation(gen_fn, args.gen_tokens, device, dtype)  # first, while the weights are the initial ones
     print(f"[{label}] training ...", file=sys.stderr, flush=True)
     train = time_training(model, loss_fn, batches, args.warmup, device, dtype)
     return {"params": sum(p.numel() for p in model.parameters()), "train": train, "generate": gen}
@@ -294,7 +375,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     # the peer's loss: position t predicts token t+1 (labels shifted inside); the same targets for ours
     targets = [torch.cat([b[:, 1:], torch.full_like(b[:, :1], IGNORE_INDEX)], dim=1) for b in batches]
     target_of = {id(b): t for b, t in zip(batches, targets)}
-    fwd = torch.compile(ours) if args.compile else ours
+    fwd = torch.compile(ours, backend=args.compile_backend) if args.compile else ours
     greedy = SamplingParams(temperature=0.0)
     peak, peak_source = peak_tflops(args, device)
     results: dict[str, Any] = {
@@ -310,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if peer is not None:
         import transformers
 
-        pfwd = torch.compile(peer) if args.compile else peer
+        pfwd = torch.compile(peer, backend=args.compile_backend) if args.compile else peer
         ids = torch.tensor([prompt], device=device)
 
         def peer_generate() -> list[int]:
@@ -323,8 +404,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                       batches, args, device, dtype)
         results["peer"].update(attention="sdpa", transformers=transformers.__version__)
         results["ratio"] = {k: results["ours"][k]["tokens_per_s"] / results["peer"][k]["tokens_per_s"]
-                            for k in ("train", "generate")}
-        results["greedy_match"] = results["ours"]["generate"]["tokens"] == results["peer"]["generate"]["tokens"]
+                            for k in ("train", "generate") if results["ours"][k] is not None}
+        if not args.no_generate:
+            results["greedy_match"] = results["ours"]["generate"]["tokens"] == results["peer"]["generate"]["tokens"]
     for entry in (results["ours"], results.get("peer")):
         if entry is not None:
             flops = entry["train"]["tokens_per_s"] * results["flops_per_token"]
@@ -342,12 +424,12 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
     m, ours, peer = r["machine"], r["ours"], r.get("peer")
     print(f"\nshape: dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads ({args.n_kv_heads} KV), "
           f"seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}; "
-          f"{args.steps} timed steps after {args.warmup} warm-up{', compiled' if args.compile else ''}")
+          f"{args.steps} timed steps after {args.warmup} warm-up"
+          f"{f', compiled ({args.compile_backend})' if args.compile else ''}{f'; preset {args.preset}' if args.preset else ''}")
     print(f"device: {m['device']} ({m['device_name']}), {m['cpu_count']} CPUs, {m['threads']} threads, "
           f"{m['dtype']}, torch {m['torch']}")
-    if m["device"] == "cpu" and (m["others_cpu_share"] or 0) > 0.1:
-        print(f"warning: other processes took {m['others_cpu_share']:.0%} of the CPU time during the run, "
-              f"so these timings are noisy: rerun on a quiet machine, or try --threads 1")
+    if m["device"] == "cpu" and (warning := contention_warning(m["others_cpu_share"], m["threads"])):
+        print(warning)
     print(f"{FORMULA}\n  = {r['flops_per_token']:,} FLOPs/token at seq {args.seq_len}; "
           f"peak {r['peak_tflops'] or 'n/a'} TFLOP/s ({r['peak_source']})")
     # (label, path into an entry, format, show ours/peer ratio)
@@ -358,8 +440,11 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
             ("MFU", ("train", "mfu"), "{:.1%}", False),
             ("peak memory MB", ("train", "peak_mem_mb"), "{:,.0f}", False),
             ("initial loss", ("train", "loss_first"), "{:.4f}", False),
-            (f"generate tokens/s (b=1, {args.gen_tokens} new)", ("generate", "tokens_per_s"), "{:,.0f}", True),
-            ("generate ms/token", ("generate", "ms_per_token"), "{:.2f}", False)]
+            (f"warm-up s ({args.warmup} steps{', compile' if args.compile else ''})", ("train", "warmup_s"),
+             "{:,.2f}", False)]
+    if not args.no_generate:
+        rows += [(f"generate tokens/s (b=1, {args.gen_tokens} new)", ("generate", "tokens_per_s"), "{:,.0f}", True),
+                 ("generate ms/token", ("generate", "ms_per_token"), "{:.2f}", False)]
     entries = [ours] + ([peer] if peer else [])
     cols = ["zer02llm"] + ([f"transformers {peer['transformers']}", "ours/peer"] if peer else [])
     print(f"\n{'':<34}" + "".join(f"{c:>22}" for c in cols))
@@ -373,8 +458,9 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
         print(f"{'active parameters per token':<34}{ours['active_params']:>22,}")
     print(f"\nmemory: {ours['train']['mem_method']}")
     if peer:
-        print(f"parameter counts {'match' if ours['params'] == peer['params'] else 'DIFFER'}; greedy generations "
-              f"{'match' if r['greedy_match'] else 'differ'} (both start from the same weights)")
+        greedy = ("" if args.no_generate else
+                  f"; greedy generations {'match' if r['greedy_match'] else 'differ'} (both start from the same weights)")
+        print(f"parameter counts {'match' if ours['params'] == peer['params'] else 'DIFFER'}{greedy}")
 
 
 if __name__ == "__main__":

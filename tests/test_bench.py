@@ -62,3 +62,55 @@ def test_bench_no_peer_json_stdout() -> None:
     assert "peer" not in result and "ratio" not in result
     check_model_entry(result["ours"])
     assert result["peak_tflops"] == 1.0 and result["ours"]["train"]["mfu"] > 0
+
+
+def test_contention_warning_suggests_one_thread_only_when_not_given() -> None:
+    bench = load_bench()
+    assert bench.contention_warning(0.05, 2) is None  # a quiet machine: nothing to say
+    assert bench.contention_warning(None, 2) is None  # not Linux: unknown
+    assert "or try --threads 1 (this run had 2)" in bench.contention_warning(0.4, 2)
+    warning = bench.contention_warning(0.4, 1)
+    assert "40% of the CPU time" in warning and "try --threads 1" not in warning
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_preset_takes_the_composed_shape_and_flags_override_it() -> None:
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+
+    bench = load_bench()
+    for preset, model in (("16gb", "dense"), ("24gb", "moe"), ("40gb", "dense")):
+        cfg = OmegaConf.to_object(compose([f"hardware={preset}", f"model={model}"]))
+        args = bench.parse_args(["--preset", preset, *(["--moe"] if model == "moe" else [])])
+        m = cfg.model
+        assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.vocab_size) == \
+            (m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.vocab_size)
+        assert (args.seq_len, args.batch_size) == (cfg.data.seq_len, cfg.train.batch_size) and args.seq_len == 512
+        if model == "moe":
+            assert (args.num_experts, args.experts_per_token, args.num_shared_experts) == \
+                (m.num_experts, m.experts_per_token, m.num_shared_experts)
+    args = bench.parse_args(["--preset", "16gb", "--batch-size", "3", "--n-layers", "2"])
+    assert (args.batch_size, args.n_layers, args.dim) == (3, 2, 512)  # flags win, the rest from the preset
+    args = bench.parse_args([])
+    assert (args.dim, args.n_layers, args.seq_len, args.batch_size, args.num_experts) == (256, 4, 256, 8, 4)
+
+
+def test_compile_warmup_is_timed_apart_and_generation_can_be_skipped() -> None:
+    # aot_eager: torch.compile's tracing of forward and backward without generating kernels (quick on a CPU)
+    proc = run_bench("--compile", "--compile-backend", "aot_eager", "--no-peer", "--no-generate", "--json", "-")
+    result = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
+    train = result["ours"]["train"]
+    assert result["ours"]["generate"] is None and "generate tokens/s" not in proc.stdout
+    assert result["args"]["compile"] and result["args"]["compile_backend"] == "aot_eager"
+    assert train["warmup_s"] >= train["first_step_s"] > 0 and train["steps"] == 2
+    assert "compiled (aot_eager)" in proc.stdout and "warm-up s (1 steps, compile)" in proc.stdout
+    bad = subprocess.run([sys.executable, str(BENCH), *TINY, "--compile", "--warmup", "0"], capture_output=True,
+                         text=True, cwd=REPO_DIR, timeout=120)
+    assert bad.returncode == 2 and "--compile needs --warmup >= 1" in bad.stderr
