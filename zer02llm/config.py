@@ -170,6 +170,30 @@ class TrainConfig:
     resume: Optional[str] = None
 
 
+OPTIMIZERS = ("adamw", "muon")
+MUON_LR_ADJUSTMENTS = ("original", "match_rms_adamw")
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer. "adamw": AdamW on every trained parameter at train.lr (train.weight_decay, beta1,
+    beta2). "muon": Muon on the hidden weight matrices (attention and feed-forward projections, each routed
+    expert's), AdamW as above on the rest (embeddings, LM head, norms, routers, LoRA adapters).
+    The muon_* keys are read with name=muon only."""
+
+    name: str = "adamw"
+    # peak lr of the Muon groups; the schedule (train.warmup_steps, min_lr_ratio) scales it as it does train.lr
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    # decoupled: each step multiplies the matrices by 1 - lr * muon_weight_decay (0: none, as Keller Jordan's Muon)
+    muon_weight_decay: float = 0.0
+    muon_ns_steps: int = 5  # Newton-Schulz iterations
+    # "original": lr * sqrt(max(1, out/in)) (Keller Jordan's, for lr ~0.02); "match_rms_adamw":
+    # lr * 0.2 * sqrt(max(out, in)), the update's RMS of AdamW's (Moonshot's, for an AdamW-sized lr)
+    muon_adjust_lr: str = "original"
+
+
 @dataclass
 class DistributedConfig:
     # "ddp": every rank holds the whole model; "fsdp": parameters, gradients and optimizer state
@@ -194,6 +218,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # "none" or "wandb" (offline automatically when no API key is configured)
     logger: str = "none"
@@ -215,6 +240,9 @@ class SamplingOptions:
     repetition_penalty: float = 1.1  # 1: off
     seed: Optional[int] = None
     device: str = "auto"
+    # decode through a static KV cache with the one-token step torch.compiled (a CUDA graph on GPUs):
+    # the same tokens, faster once compiled; the first reply waits for the compile
+    compile: bool = False
     stream: bool = True
     # null: the tokenizer the checkpoint was trained with
     tokenizer_path: Optional[str] = None
@@ -314,6 +342,30 @@ def moe_problems(moe: MoEConfig) -> list[str]:
             problems.append(f"{key}={value}: must be >= 0")
     if moe.expert_hidden_dim is not None and moe.expert_hidden_dim <= 0:
         problems.append(f"model.expert_hidden_dim={moe.expert_hidden_dim}: must be > 0, or null for the dense width")
+    return problems
+
+
+def optim_problems(optim: OptimConfig, dist: DistributedConfig) -> list[str]:
+    """What is wrong with the optimizer's settings, alone or with the distributed strategy."""
+    if optim.name not in OPTIMIZERS:
+        return [f"optim={optim.name!r} (optim.name): must be one of {', '.join(OPTIMIZERS)}"]
+    if optim.name != "muon":
+        return []
+    problems: list[str] = []
+    _require_positive(problems, {"optim.muon_lr": optim.muon_lr})
+    if not 0.0 <= optim.muon_momentum < 1.0:
+        problems.append(f"optim.muon_momentum={optim.muon_momentum}: must be in [0, 1)")
+    if optim.muon_weight_decay < 0:
+        problems.append(f"optim.muon_weight_decay={optim.muon_weight_decay}: must be >= 0")
+    if not 1 <= optim.muon_ns_steps < 100:
+        problems.append(f"optim.muon_ns_steps={optim.muon_ns_steps}: must be in [1, 99] (5 is the usual)")
+    if optim.muon_adjust_lr not in MUON_LR_ADJUSTMENTS:
+        problems.append(f"optim.muon_adjust_lr={optim.muon_adjust_lr!r}: must be one of "
+                        f"{', '.join(MUON_LR_ADJUSTMENTS)}")
+    if dist.strategy == "fsdp":
+        problems.append("optim=muon with distributed.strategy=fsdp: Muon orthogonalises each whole weight matrix "
+                        "(Newton-Schulz), and FSDP2 leaves every rank a shard of it; use distributed.strategy=ddp "
+                        "with optim=muon, or optim=adamw with fsdp")
     return problems
 
 
@@ -431,6 +483,7 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
             problems.append("lora.targets=[]: name at least one layer, e.g. [q_proj,v_proj]")
     if cfg.distributed.strategy not in ("ddp", "fsdp"):
         problems.append(f"distributed.strategy={cfg.distributed.strategy!r}: must be ddp or fsdp")
+    problems += optim_problems(cfg.optim, cfg.distributed)
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
     if check_files:
@@ -501,3 +554,4 @@ def register_configs() -> None:
     cs.store(name="model_dense_schema", node=ModelConfig)
     cs.store(name="model_moe_schema", node=MoEConfig)
     cs.store(name="mode_pretrain_schema", node=ModeConfig)
+    cs.store(name="optim_schema", node=OptimConfig)

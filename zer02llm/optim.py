@@ -1,15 +1,18 @@
-"""The optimizer and the learning-rate schedule (a pure function of the step and, for a run whose length
-changed on resume, of an anchor saved in the checkpoint)."""
+"""The optimizers (optim=adamw|muon) and the learning-rate schedule (a pure function of the step and, for a
+run whose length changed on resume, of an anchor saved in the checkpoint)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from typing import Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 
 from zer02llm.config import Config
 
+log = logging.getLogger(__name__)
 
 # (start step, start lr) of a cosine re-laid when a resumed run's length changed; None: the plain schedule
 Anchor = Optional[tuple[int, float]]
@@ -45,16 +48,204 @@ def relaid_anchor(step: int, lr: float, warmup_steps: int, old_total: int, min_l
     return step, lr_at(step, lr, warmup_steps, old_total, min_lr_ratio, old_anchor)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (linear weights, embeddings), none on norms' gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
+# --- the optimizers ------------------------------------------------------------------------------
+
+# 2-D yet kept on AdamW under optim=muon: a router's rows are per-expert logits (a classifier, like the
+# LM head, not a hidden map), and LoRA's factors train as the LoRA recipes do, with AdamW (README)
+ADAMW_MATRICES = ("router", "lora_a", "lora_b")
+
+
+def split_parameters(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """The trained parameters by optimizer under optim=muon, each with its name.
+
+    "muon": the 2-D hidden matrices (attention and feed-forward projections, shared experts);
+    "muon_experts": the routed experts' stacked (E, in, out) matrices; "adamw": the rest (embeddings,
+    the LM head, tied or not, norms' gains, routers, LoRA adapters). named_parameters() lists a tied
+    embedding once, under tok_embeddings.weight.
+    """
+    parts: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"muon": [], "muon_experts": [], "adamw": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        path = name.removeprefix("_orig_mod.").split(".")  # a torch.compile'd model's names too
+        hidden = path[0] == "layers" and not any(part in ADAMW_MATRICES for part in path)
+        part = {2: "muon", 3: "muon_experts"}.get(param.dim(), "adamw") if hidden else "adamw"
+        parts[part].append((name, param))
+    return parts
+
+
+def _adamw(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW at train.lr; weight decay on matrices (linear weights, embeddings), none on norms' gains."""
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    kwargs: dict[str, Any] = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
     # the fused kernel does the whole update in one launch on GPUs (and exists for CPU in recent torch)
-    fused = device.type in ("cuda", "cpu")
     try:
-        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused)
+        return torch.optim.AdamW(groups, **kwargs, fused=device.type in ("cuda", "cpu"))
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config,
+                    device: torch.device) -> torch.optim.Optimizer | CombinedOptimizer:
+    """optim=adamw: AdamW on every trained parameter. optim=muon: Muon on the hidden matrices (batched over
+    the experts of a stacked MoE tensor), AdamW on the rest. Every param group records its base lr
+    ("base_lr"), which the schedule scales (set_lr)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optim.name == "adamw":
+        optimizer: torch.optim.Optimizer | CombinedOptimizer = _adamw(params, cfg, device)
+    else:
+        optimizer = _muon_and_adamw(model, cfg, device)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    return optimizer
+
+
+def _muon_and_adamw(model: torch.nn.Module, cfg: Config, device: torch.device) -> CombinedOptimizer:
+    optim = cfg.optim
+    parts = split_parameters(model)
+    muon_args = dict(lr=optim.muon_lr, weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum,
+                     nesterov=optim.muon_nesterov, ns_steps=optim.muon_ns_steps, adjust_lr_fn=optim.muon_adjust_lr)
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    if parts["adamw"]:
+        optimizers["adamw"] = _adamw([p for _, p in parts["adamw"]], cfg, device)
+    if parts["muon"]:
+        optimizers["muon"] = torch.optim.Muon([p for _, p in parts["muon"]], **muon_args)
+    if parts["muon_experts"]:
+        optimizers["muon_experts"] = ExpertMuon([p for _, p in parts["muon_experts"]], **muon_args)
+    n_muon = sum(p.numel() for part in ("muon", "muon_experts") for _, p in parts[part])
+    if not n_muon:
+        log.warning("optim=muon: no parameter for Muon to train (%s), everything trains with AdamW at train.lr",
+                    "LoRA freezes the base matrices; the adapters train with AdamW" if cfg.lora.rank > 0
+                    else "the model has no trainable hidden matrix")
+    else:
+        experts = f" and {len(parts['muon_experts'])} expert stacks" if parts["muon_experts"] else ""
+        log.info("optim=muon: Muon (lr %.2e, %s) on %d hidden matrices%s (%.2fM parameters), AdamW (lr %.2e) on "
+                 "the other %d tensors (%.2fM)", optim.muon_lr, optim.muon_adjust_lr, len(parts["muon"]), experts,
+                 n_muon / 1e6, cfg.train.lr, len(parts["adamw"]), sum(p.numel() for _, p in parts["adamw"]) / 1e6)
+    return CombinedOptimizer(optimizers)
+
+
+def set_lr(optimizer: torch.optim.Optimizer | CombinedOptimizer, lr: float, base_lr: float) -> None:
+    """Give every param group the schedule's lr scaled to the group's own base lr; `lr` is the schedule
+    at `base_lr` (train.lr). Groups at train.lr get `lr` itself, bit for bit (a ratio of 1.0)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * (group["base_lr"] / base_lr)
+
+
+@contextlib.contextmanager
+def config_base_lrs(optimizer: torch.optim.Optimizer | CombinedOptimizer) -> Iterator[None]:
+    """Loading a state dict replaces the param groups with the checkpoint's: keep this run's base lrs,
+    so that a resumed run follows its config (as train.lr does), and one saved before base lrs existed loads."""
+    base_lrs = [group["base_lr"] for group in optimizer.param_groups]
+    yield
+    for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["base_lr"] = base_lr
+
+
+class CombinedOptimizer:
+    """Optimizers over disjoint parameters used as one: step, zero_grad, state_dict, load_state_dict and
+    param_groups (theirs, in order), so the Trainer and torch.amp.GradScaler (unscale_, step, skipping a
+    step with inf/NaN gradients) treat it as any optimizer."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        # read anew each time: load_state_dict gives an optimizer new group dicts
+        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> dict[torch.Tensor, Any]:
+        return {p: s for optimizer in self.optimizers.values() for p, s in optimizer.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: None = None) -> None:
+        if closure is not None:
+            raise ValueError("CombinedOptimizer.step takes no closure: run forward and backward before it")
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"the optimizer state holds {sorted(state)}, this optimizer is {sorted(self.optimizers)}: "
+                             f"it was saved with another optim or another set of trained parameters")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[name])
+
+
+def _adjusted_lr(lr: float, adjust_lr_fn: Optional[str], rows: int, cols: int) -> float:
+    """torch.optim.Muon's shape scaling of the lr for a (rows, cols) = (out, in) matrix, rounded as torch does."""
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        ratio = math.sqrt(max(1, rows / cols))  # Keller Jordan's
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(rows, cols))  # Moonshot's: the update's RMS of AdamW's
+    else:
+        ratio = 1.0
+    return lr * ratio
+
+
+def newton_schulz(grads: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                  eps: float) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, in bfloat16, of every matrix of a
+    (batch, rows, cols) stack at once."""
+    a, b, c = coefficients
+    x = grads.bfloat16()
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide orientation: the Gram matrix is the smaller one
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1, each matrix its own
+    for _ in range(steps):
+        gram = x @ x.mT
+        gram_update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, gram_update, x, beta=a)
+    return x.mT if tall else x
+
+
+class ExpertMuon(torch.optim.Optimizer):
+    """torch.optim.Muon's update for stacked routed-expert weights (E, in, out): momentum, Newton-Schulz
+    and the shape's lr scaling per expert matrix, the E matrices orthogonalised in one batched iteration.
+
+    Each expert applies x @ W_e, so its matrix in nn.Linear's (out, in) orientation is W_e^T: the lr is
+    scaled for (out, in), which makes this step the same as torch.optim.Muon's on E separate nn.Linear weights.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.02, weight_decay: float = 0.0,
+                 momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315), eps: float = 1e-7,
+                 ns_steps: int = 5, adjust_lr_fn: Optional[str] = None):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 3:
+                    raise ValueError(f"ExpertMuon takes stacks of matrices (E, in, out), got a tensor of shape "
+                                     f"{tuple(p.shape)}: 2-D matrices go to torch.optim.Muon")
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                # orthogonalised as the (out, in) matrices nn.Linear would hold, exactly as torch.optim.Muon does
+                update = newton_schulz(update.mT, group["ns_coefficients"], group["ns_steps"], group["eps"]).mT
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], rows=p.size(2), cols=p.size(1)))
