@@ -51,6 +51,7 @@ def test_gpu_presets_carry_the_seed_numbers(preset):
     dim, layers, batch, accum = PRESETS[preset]
     assert (cfg.model.dim, cfg.model.n_layers, cfg.train.batch_size, cfg.train.grad_accum) == (dim, layers, batch, accum)
     assert cfg.model.n_heads == 8 and cfg.hardware.device == "cuda" and cfg.hardware.dtype == "auto"
+    assert cfg.hardware.compile  # GPU presets compile by default
     if torch.cuda.is_available():
         validate(cfg)
     else:  # valid but for the missing GPU, which validation names with the other problems

@@ -176,3 +176,13 @@ def test_a_refused_run_in_a_plain_directory_never_removes_the_working_directory(
     proc = run_module("zer02llm.train", ["model.dim=100", "hydra.run.dir=run"], cwd=work, check=False)
     assert proc.returncode == 2
     assert work.is_dir() and not (work / "run").exists()
+
+
+@pytest.mark.slow
+def test_compile_warm_up_is_logged_apart_from_tokens_per_second(tmp_path):
+    run_module("zer02llm.train", [*TINY, "train.max_steps=6", "train.log_interval=3", "hardware.compile=true",
+                                  "data.val_path=null", "hydra.run.dir=run"], cwd=tmp_path)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "compile warm-up (first step):" in log
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6] and all(r["tokens_per_s"] > 0 for r in rows)

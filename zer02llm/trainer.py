@@ -34,7 +34,7 @@ from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
 from zer02llm.evaluation import evaluate
 from zer02llm.model import IGNORE_INDEX, Output, Transformer, document_ids
 from zer02llm.model.lora import apply_lora, save_adapter
-from zer02llm.optim import Anchor, build_optimizer, lr_at, relaid_anchor
+from zer02llm.optim import Anchor, build_optimizer, config_base_lrs, lr_at, relaid_anchor, set_lr
 from zer02llm.resources import sample_data_path
 from zer02llm.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
@@ -195,8 +195,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns device tensors (no host sync)."""
         train = self.cfg.train
         lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr, train.lr)  # each param group at its own base lr (optim=muon: Muon's)
         batches = [self.train_data.batch(self.sampler.next_batch()) for _ in range(train.grad_accum)]
         # every target token of the step, on every rank, weighs the same, however the micro-batches'
         # counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
@@ -252,7 +251,7 @@ class Trainer:
         else:
             optimizer = self.optimizer.state_dict()
         return {"step": self.step, "optimizer": optimizer, "optimizer_by_name": self.sharded,
-                "scaler": self.scaler.state_dict(),
+                "optim": self.cfg.optim.name, "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
                 "tokens_seen": self.tokens_seen,
                 "total_steps": self.total_steps, "lr_anchor": self.lr_anchor, "batch": self.batch_layout(),
@@ -260,13 +259,20 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
-        if state.get("optimizer_by_name"):  # written by a sharded run
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=FULL_STATE)
-        elif self.sharded:
-            raise ConfigError("this checkpoint was written without distributed.strategy=fsdp: resume it "
-                              "with distributed.strategy=ddp (any world size with the same global batch)")
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        saved_optim = state.get("optim", "adamw")  # checkpoints from before optim=muon: AdamW
+        if saved_optim != self.cfg.optim.name:
+            raise ConfigError(f"the checkpoint was trained with optim={saved_optim}, this run has optim="
+                              f"{self.cfg.optim.name}: resume with optim={saved_optim}, or start a new run from "
+                              f"its weights (a fresh optimizer) with optim={self.cfg.optim.name} "
+                              f"mode.init_from=<the checkpoint>")
+        with config_base_lrs(self.optimizer):
+            if state.get("optimizer_by_name"):  # written by a sharded run
+                set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=FULL_STATE)
+            elif self.sharded:
+                raise ConfigError("this checkpoint was written without distributed.strategy=fsdp: resume it "
+                                  "with distributed.strategy=ddp (any world size with the same global batch)")
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.check_batch_layout(state.get("batch"))  # before the sampler's own, vaguer, check
         self.sampler.load_state_dict(state["sampler"])
@@ -449,6 +455,7 @@ class Trainer:
         saved_step = self.step
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         self.fit_start, fit_start_step = window_start, self.step
+        eta_start, eta_start_step = window_start, self.step
         # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (sys.stderr.isatty() and self.env.is_main))
@@ -464,10 +471,15 @@ class Trainer:
                         stop.forward()  # submitit requeues the job; without it the signal ends the run
                         return last
                     stats = self.train_step()
-                    window_steps += 1
-                    window_tokens += stats["tokens"]
                     self.tokens_seen += stats["tokens"]
                     bar.update(1)
+                    window_steps += 1
+                    window_tokens += stats["tokens"]
+                    if cfg.hardware.compile and self.step == fit_start_step + 1 and self.step % cfg.train.log_interval:
+                        # the first step compiles the model: reported, and kept out of tokens/s and the ETA
+                        log.info("compile warm-up (first step): %.1f s", time.perf_counter() - window_start)
+                        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+                        eta_start, eta_start_step = window_start, self.step
                     row: dict[str, float] = {}
                     if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
@@ -481,7 +493,7 @@ class Trainer:
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
                                         tok_s=f"{row['tokens_per_s']:.0f}", **moe_summary(row))
-                        eta = ((time.perf_counter() - self.fit_start) / (self.step - fit_start_step)
+                        eta = ((time.perf_counter() - eta_start) / max(1, self.step - eta_start_step)
                                * (self.total_steps - self.step))
                         moe = "".join(f", {k} {v}" for k, v in moe_summary(row).items())
                         log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", self.step,
