@@ -16,7 +16,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from zer02llm.cli import hydra_quote, quote_text_overrides
 from zer02llm.config import Config, ConfigError, ModelConfig, validate
-from zer02llm.trainer import resolve_device
+from zer02llm.hardware import resolve_device
 
 from conftest import REPO, TINY, compose, run_module
 

@@ -194,6 +194,42 @@ def read_checkpoint_config(checkpoint: Path) -> dict[str, Any]:
     return saved
 
 
+def check_batch_layout(saved: Optional[dict[str, int]], now: dict[str, int]) -> None:
+    """Refuse to resume with another number of sequences per optimizer step (batch_size x world_size x
+    grad_accum); any split of the same number is fine. `saved` None: a checkpoint from before the
+    layout was stored, left to the sampler's own check."""
+    if saved is None:
+        return
+    per_step = saved["batch_size"] * saved["world_size"] * saved["grad_accum"]
+    now_per_step = now["batch_size"] * now["world_size"] * now["grad_accum"]
+
+    def layout(b: dict[str, int]) -> str:
+        return f"train.batch_size={b['batch_size']} x {b['world_size']} rank(s) x train.grad_accum={b['grad_accum']}"
+
+    if per_step == now_per_step:
+        if saved != now:  # same samples per step; only the float summation order differs
+            log.info("resuming with %s instead of %s: the same %d sequences per optimizer step",
+                     layout(now), layout(saved), per_step)
+        return
+    ranks = now["world_size"]
+    fixes = []
+    if per_step % (ranks * now["grad_accum"]) == 0:
+        fixes.append(f"train.batch_size={per_step // (ranks * now['grad_accum'])}")
+    if per_step % (ranks * now["batch_size"]) == 0:
+        fixes.append(f"train.grad_accum={per_step // (ranks * now['batch_size'])}")
+    own = f"train.batch_size={saved['batch_size']} train.grad_accum={saved['grad_accum']}"
+    if saved["world_size"] != ranks:
+        own += f" on {saved['world_size']} rank(s)"
+    if own not in fixes:
+        fixes.append(own)
+    raise ConfigError(
+        f"the checkpoint was trained with {per_step} sequences per optimizer step ({layout(saved)}), this "
+        f"run would take {now_per_step} ({layout(now)}): a resumed run keeps batch_size x ranks x grad_accum, "
+        f"or its steps, data position and learning-rate schedule stop meaning what they did. Resume with "
+        f"{' or '.join(fixes)}; to go on with another batch, start a new run from the weights with "
+        f"mode.init_from=<the checkpoint> instead of train.resume")
+
+
 def check_model_config(saved: dict[str, Any], current: ModelConfig, checkpoint: Path) -> None:
     """Refuse a checkpoint whose model config differs from this run's, naming each differing key."""
     mine = dataclasses.asdict(current)

@@ -48,6 +48,33 @@ def relaid_anchor(step: int, lr: float, warmup_steps: int, old_total: int, min_l
     return step, lr_at(step, lr, warmup_steps, old_total, min_lr_ratio, old_anchor)
 
 
+def continued_anchor(step: int, total_steps: int, saved_total: int, saved_anchor: Optional[tuple[int, float]],
+                     lr: float, warmup_steps: int, min_lr_ratio: float) -> Anchor:
+    """The anchor a resumed run at `step` follows: the checkpoint's own when the run's length is the
+    same (an exact resume), else one re-laid so the lr never jumps (logged, with a warning when the
+    old run had already decayed to its floor)."""
+    anchor: Anchor = (int(saved_anchor[0]), float(saved_anchor[1])) if saved_anchor is not None else None
+    if saved_total == total_steps:
+        return anchor
+    relaid = relaid_anchor(step, lr, warmup_steps, saved_total, min_lr_ratio, anchor)
+    if step >= total_steps:  # nothing left to train: the trainer says so
+        return relaid
+    min_lr = lr * min_lr_ratio
+    if relaid is None:
+        log.info("the run now has %d steps (the checkpoint's had %d); at step %d it is still warming up, "
+                 "so warmup goes on and the cosine decays to %.2e at step %d", total_steps, saved_total, step,
+                 min_lr, total_steps)
+        return None
+    log.info("the run now has %d steps (the checkpoint's had %d): the learning-rate schedule is re-laid from "
+             "step %d, where it was %.2e, as a cosine to %.2e at step %d (no jump)", total_steps, saved_total,
+             step, relaid[1], min_lr, total_steps)
+    if step >= saved_total:  # the old run had finished: its cosine had reached the floor
+        log.warning("the checkpoint's run had decayed to its floor lr %.2e: the %d extra steps train at that "
+                    "lr. For a new warmup and decay, start a new run with mode.init_from=<the checkpoint>",
+                    min_lr, total_steps - step)
+    return relaid
+
+
 # --- the optimizers ------------------------------------------------------------------------------
 
 # 2-D yet kept on AdamW under optim=muon: a router's rows are per-expert logits (a classifier, like the

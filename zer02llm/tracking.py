@@ -6,6 +6,7 @@ import json
 import logging
 import netrc
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -104,3 +105,111 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+class StepLogger:
+    """What the loop reports per step: tokens/s over each logging window, the ETA, the progress bar
+    (in a terminal; log files get the per-step lines instead), metrics rows and wandb.
+
+    With `compiled`, the first step of an invocation compiles the model: it is logged as warm-up and
+    left out of tokens/s and the ETA. Evaluation time is left out of tokens/s too.
+    """
+
+    def __init__(self, total_steps: int, start_step: int, log_interval: int, metrics: Optional[MetricsFile],
+                 tracker: Optional[WandbLogger], compiled: bool, show_bar: bool):
+        from tqdm import tqdm
+
+        self.total_steps, self.start_step, self.log_interval = total_steps, start_step, log_interval
+        self.metrics, self.tracker, self.compiled = metrics, tracker, compiled
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not show_bar)
+        self.window_start = self.eta_start = time.perf_counter()
+        self.window_tokens, self.eta_step = 0, start_step
+        self.last: dict[str, Any] = {}
+
+    def step_done(self, step: int, tokens: int) -> None:
+        """After each optimizer step: `tokens` target tokens trained."""
+        self.bar.update(1)
+        self.window_tokens += tokens
+        if self.compiled and step == self.start_step + 1 and step % self.log_interval:
+            log.info("compile warm-up (first step): %.1f s", time.perf_counter() - self.window_start)
+            self.window_start = self.eta_start = time.perf_counter()
+            self.window_tokens, self.eta_step = 0, step
+
+    def is_log_step(self, step: int) -> bool:
+        return step % self.log_interval == 0 or step == self.total_steps
+
+    def train_row(self, step: int, loss: float, lr: float, grad_norm: float, tokens_seen: int,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+        """The metrics row of a logging step, logged as a line (and on the bar); restarts the window."""
+        now = time.perf_counter()
+        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_s": self.window_tokens / max(now - self.window_start, 1e-9), "tokens": tokens_seen,
+               **extra}
+        moe = moe_summary(row)
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", **moe)
+        eta = (now - self.eta_start) / max(1, step - self.eta_step) * (self.total_steps - step)
+        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", step, self.total_steps,
+                 loss, lr, grad_norm, row["tokens_per_s"], "".join(f", {k} {v}" for k, v in moe.items()),
+                 format_seconds(eta))
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        return row
+
+    def eval_done(self, step: int, values: dict[str, float]) -> None:
+        log.info("step %d: val loss %.4f, perplexity %.2f, %.4f bits per byte", step, values["val_loss"],
+                 values["val_ppl"], values["val_bpb"])
+        self.window_start = time.perf_counter()  # evaluation time is not training time
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Record a row (rank 0 only: the others have no metrics file)."""
+        if self.metrics is None:
+            return
+        self.metrics.write(row)
+        if self.tracker:
+            self.tracker.log(row, step=row["step"])
+        self.last.update(row)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tracker:
+            self.tracker.finish()
+
+
+def moe_metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    """Per-step MoE figures for the metrics row: balance loss, expert shares, router entropy."""
+    if "aux_loss" not in stats:
+        return {}
+    load = stats["expert_load"]  # (moe layers, experts), each row sums to 1
+    return {"aux_loss": stats["aux_loss"].item(), "expert_load_min": load.min().item(),
+            "expert_load_max": load.max().item(), "expert_load": [[round(v, 4) for v in row] for row in load.tolist()],
+            "router_entropy": stats["router_entropy"].mean().item(), "dropped_tokens": int(stats["dropped_tokens"])}
+
+
+def moe_summary(row: dict[str, Any]) -> dict[str, str]:
+    if "aux_loss" not in row:
+        return {}
+    return {"aux": f"{row['aux_loss']:.4f}", "load": f"{row['expert_load_min']:.2f}-{row['expert_load_max']:.2f}"}
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def write_summary(path: Path, rows: list[dict[str, Any]], figures: dict[str, Any], seconds: float,
+                  seconds_before: float) -> None:
+    """summary.json: the figures a sweep table needs, for the run as a whole (`seconds`: all invocations,
+    `seconds_before`: those before this one)."""
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "val_loss" in r]
+    rates = [r["tokens_per_s"] for r in train_rows]
+    summary = {
+        **figures,
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+        "final_val_bpb": val_rows[-1].get("val_bpb") if val_rows else None,
+        "tokens_per_s": sum(rates) / len(rates) if rates else None,
+        "wall_seconds": round(seconds, 2), "wall_seconds_this_session": round(seconds - seconds_before, 2),
+    }
+    path.write_text(json.dumps(summary, indent=2) + "\n")

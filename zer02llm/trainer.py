@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -26,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from zer02llm import checkpoint as ckpt
 from zer02llm import distributed
-from zer02llm.config import Config, ConfigError, HardwareConfig
+from zer02llm.config import Config, ConfigError
+from zer02llm.hardware import resolve_device, set_threads
 from zer02llm.data.packing import pretrain_dataset
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
@@ -34,49 +33,16 @@ from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
 from zer02llm.evaluation import evaluate
 from zer02llm.model import IGNORE_INDEX, Output, Transformer, document_ids
 from zer02llm.model.lora import apply_lora, save_adapter
-from zer02llm.optim import Anchor, build_optimizer, config_base_lrs, lr_at, relaid_anchor, set_lr
+from zer02llm.optim import Anchor, build_optimizer, config_base_lrs, continued_anchor, lr_at, set_lr
 from zer02llm.resources import sample_data_path
 from zer02llm.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
-from zer02llm.tracking import MetricsFile, WandbLogger, plot_losses, write_run_config
+from zer02llm.tracking import (MetricsFile, StepLogger, WandbLogger, moe_metrics, plot_losses, write_run_config,
+                               write_summary)
 
 log = logging.getLogger(__name__)
 # sharded state gathered whole, on the CPU: checkpoints independent of the world size
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]:
-    """The device and compute dtype a hardware preset asks for, or a plain error if it can't be had."""
-    name = hardware.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"hardware={hardware.name} (hardware.device={hardware.device}) needs a CUDA GPU, but "
-                          f"torch.cuda.is_available() is False on this machine: use hardware=cpu, or "
-                          f"hardware.device=auto to fall back to the CPU")
-    device = torch.device(name)
-    dtype_name = hardware.dtype
-    if dtype_name == "auto":
-        if device.type == "cuda":
-            dtype_name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype_name = "float32"
-    if device.type == "cpu" and dtype_name == "float16":
-        raise ConfigError("hardware.dtype=float16 is for GPUs; use float32 or bfloat16 on the CPU")
-    return device, DTYPES[dtype_name]
-
-
-def set_threads(hardware: HardwareConfig) -> None:
-    """hardware.threads > 0 sets torch's intra-op CPU threads; null/0 keeps torch's default (one per core)."""
-    if not hardware.threads:
-        return
-    torch.set_num_threads(hardware.threads)
-    cores = os.cpu_count() or 1
-    if hardware.threads > cores:  # more threads than cores: they preempt each other at every op
-        log.warning("hardware.threads=%d exceeds this machine's %d CPU cores: expect slower steps; use "
-                    "hardware.threads=%d or fewer", hardware.threads, cores, cores)
-    log.info("torch CPU threads: %d (hardware.threads; %d cores)", torch.get_num_threads(), cores)
 
 
 SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl")}
@@ -274,7 +240,7 @@ class Trainer:
             else:
                 self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.check_batch_layout(state.get("batch"))  # before the sampler's own, vaguer, check
+        ckpt.check_batch_layout(state.get("batch"), self.batch_layout())  # before the sampler's vaguer check
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -282,73 +248,14 @@ class Trainer:
         self.wandb_id = state.get("wandb_id")
         self.tokens_seen = state.get("tokens_seen", 0)
         self.wall_seconds_before = state.get("wall_seconds", 0.0)
-        self.continue_schedule(state.get("total_steps", self.total_steps), state.get("lr_anchor"))
+        train = self.cfg.train
+        self.lr_anchor = continued_anchor(self.step, self.total_steps, state.get("total_steps", self.total_steps),
+                                          state.get("lr_anchor"), train.lr, train.warmup_steps, train.min_lr_ratio)
 
     def batch_layout(self) -> dict[str, int]:
         """What one optimizer step takes: batch_size x world_size x grad_accum sequences."""
         return {"batch_size": self.cfg.train.batch_size, "world_size": self.env.world_size,
                 "grad_accum": self.cfg.train.grad_accum}
-
-    def check_batch_layout(self, saved: Optional[dict[str, int]]) -> None:
-        """Refuse to resume with another number of sequences per optimizer step; any split of it is fine."""
-        if saved is None:  # a checkpoint from before the layout was stored: only the sampler's check
-            return
-        now = self.batch_layout()
-        per_step = saved["batch_size"] * saved["world_size"] * saved["grad_accum"]
-        now_per_step = now["batch_size"] * now["world_size"] * now["grad_accum"]
-
-        def layout(b: dict[str, int]) -> str:
-            return (f"train.batch_size={b['batch_size']} x {b['world_size']} rank(s) x "
-                    f"train.grad_accum={b['grad_accum']}")
-
-        if per_step == now_per_step:
-            if saved != now:  # same samples per step; only the float summation order differs
-                log.info("resuming with %s instead of %s: the same %d sequences per optimizer step",
-                         layout(now), layout(saved), per_step)
-            return
-        ranks = now["world_size"]
-        fixes = []
-        if per_step % (ranks * now["grad_accum"]) == 0:
-            fixes.append(f"train.batch_size={per_step // (ranks * now['grad_accum'])}")
-        if per_step % (ranks * now["batch_size"]) == 0:
-            fixes.append(f"train.grad_accum={per_step // (ranks * now['batch_size'])}")
-        own = f"train.batch_size={saved['batch_size']} train.grad_accum={saved['grad_accum']}"
-        if saved["world_size"] != ranks:
-            own += f" on {saved['world_size']} rank(s)"
-        if own not in fixes:
-            fixes.append(own)
-        raise ConfigError(
-            f"the checkpoint was trained with {per_step} sequences per optimizer step ({layout(saved)}), this "
-            f"run would take {now_per_step} ({layout(now)}): a resumed run keeps batch_size x ranks x grad_accum, "
-            f"or its steps, data position and learning-rate schedule stop meaning what they did. Resume with "
-            f"{' or '.join(fixes)}; to go on with another batch, start a new run from the weights with "
-            f"mode.init_from=<the checkpoint> instead of train.resume")
-
-    def continue_schedule(self, saved_total: int, saved_anchor: Optional[tuple[int, float]]) -> None:
-        """Follow the checkpoint's schedule; if this run's total_steps differs, re-lay it so the lr never jumps."""
-        anchor: Anchor = (int(saved_anchor[0]), float(saved_anchor[1])) if saved_anchor is not None else None
-        if saved_total == self.total_steps:
-            self.lr_anchor = anchor  # the same run: its anchor, if any, makes the resume exact
-            return
-        train = self.cfg.train
-        self.lr_anchor = relaid_anchor(self.step, train.lr, train.warmup_steps, saved_total, train.min_lr_ratio,
-                                       anchor)
-        if self.step >= self.total_steps:  # nothing left to train: fit() says so
-            return
-        min_lr = train.lr * train.min_lr_ratio
-        if self.lr_anchor is None:
-            log.info("the run now has %d steps (the checkpoint's had %d); at step %d it is still warming up, "
-                     "so warmup goes on and the cosine decays to %.2e at step %d", self.total_steps, saved_total,
-                     self.step, min_lr, self.total_steps)
-            return
-        start_lr = self.lr_anchor[1]
-        log.info("the run now has %d steps (the checkpoint's had %d): the learning-rate schedule is re-laid from "
-                 "step %d, where it was %.2e, as a cosine to %.2e at step %d (no jump)", self.total_steps,
-                 saved_total, self.step, start_lr, min_lr, self.total_steps)
-        if self.step >= saved_total:  # the old run had finished: its cosine had reached the floor
-            log.warning("the checkpoint's run had decayed to its floor lr %.2e: the %d extra steps train at that "
-                        "lr. For a new warmup and decay, start a new run with mode.init_from=<the checkpoint>",
-                        min_lr, self.total_steps - self.step)
 
     def wall_seconds(self) -> float:
         """Training wall time of the whole run: earlier invocations (to the checkpoint resumed from) and this one."""
@@ -451,14 +358,11 @@ class Trainer:
                                   self.resolved_config, self.run_dir, resume_id=self.wandb_id)
             self.wandb_id = tracker.run_id
         self.model.train()
-        last: dict[str, float] = {}
-        saved_step = self.step
-        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-        self.fit_start, fit_start_step = window_start, self.step
-        eta_start, eta_start_step = window_start, self.step
-        # in a terminal a live bar; in log files (CI, SLURM) the per-step log lines carry the ETA instead
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (sys.stderr.isatty() and self.env.is_main))
+        saved_step = start_step = self.step
+        self.fit_start = time.perf_counter()
+        steps = StepLogger(self.total_steps, self.step, cfg.train.log_interval,
+                           self.metrics if self.env.is_main else None, tracker, cfg.hardware.compile,
+                           show_bar=sys.stderr.isatty() and self.env.is_main)
         stop = StopSignals()
         with logging_redirect_tqdm():
             try:
@@ -469,66 +373,45 @@ class Trainer:
                             saved_step = self.step
                         distributed.barrier()  # no rank leaves before the checkpoint is on disk
                         stop.forward()  # submitit requeues the job; without it the signal ends the run
-                        return last
+                        return steps.last
                     stats = self.train_step()
                     self.tokens_seen += stats["tokens"]
-                    bar.update(1)
-                    window_steps += 1
-                    window_tokens += stats["tokens"]
-                    if cfg.hardware.compile and self.step == fit_start_step + 1 and self.step % cfg.train.log_interval:
-                        # the first step compiles the model: reported, and kept out of tokens/s and the ETA
-                        log.info("compile warm-up (first step): %.1f s", time.perf_counter() - window_start)
-                        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-                        eta_start, eta_start_step = window_start, self.step
-                    row: dict[str, float] = {}
-                    if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
-                        elapsed = time.perf_counter() - window_start
+                    steps.step_done(self.step, stats["tokens"])
+                    row: dict[str, Any] = {}
+                    if steps.is_log_step(self.step):
                         stats = self.reduce_stats(stats)
-                        row = {"step": self.step, "loss": stats["loss"].item(), "lr": stats["lr"],
-                               "grad_norm": stats["grad_norm"].item(),
-                               "tokens_per_s": window_tokens / elapsed, "tokens": self.tokens_seen}
-                        row.update(moe_metrics(stats))
-                        if not math.isfinite(row["loss"]):
-                            raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower "
+                        loss = stats["loss"].item()
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(f"loss is {loss} at step {self.step}: lower "
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
-                        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                                        tok_s=f"{row['tokens_per_s']:.0f}", **moe_summary(row))
-                        eta = ((time.perf_counter() - eta_start) / max(1, self.step - eta_start_step)
-                               * (self.total_steps - self.step))
-                        moe = "".join(f", {k} {v}" for k, v in moe_summary(row).items())
-                        log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", self.step,
-                                 self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
-                                 moe, _format_seconds(eta))
-                        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+                        row = steps.train_row(self.step, loss, stats["lr"], stats["grad_norm"].item(),
+                                              self.tokens_seen, moe_metrics(stats))
                     if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
                                                       or self.step == self.total_steps):
-                        row = {"step": self.step, **row, **self.evaluate()}
-                        log.info("step %d: val loss %.4f, perplexity %.2f, %.4f bits per byte", self.step,
-                                 row["val_loss"], row["val_ppl"], row["val_bpb"])
-                        window_start = time.perf_counter()  # evaluation time is not training time
-                    if row and self.env.is_main:
-                        self.metrics.write(row)
-                        if tracker:
-                            tracker.log(row, step=self.step)
-                        last.update(row)
+                        values = self.evaluate()
+                        steps.eval_done(self.step, values)
+                        row = {"step": self.step, **row, **values}
+                    if row:
+                        steps.write(row)
                     if self.step % cfg.train.save_interval == 0 or self.step == self.total_steps:
                         self.save()
                         saved_step = self.step
             finally:
                 stop.restore()
-                bar.close()
+                steps.close()
                 if saved_step != self.step and self.step > 0:
                     log.warning("stopped at step %d; the last checkpoint is step %d", self.step, saved_step)
-                if tracker:
-                    tracker.finish()
         if not self.env.is_main:
-            return last
+            return steps.last
         rows = self.metrics.rows()
         plot = plot_losses(rows, self.run_dir / "loss.png")
         if plot:
             log.info("loss curves: %s", plot)
-        self.write_summary(rows, self.wall_seconds(), fit_start_step)
-        return last
+        figures = {"model": cfg.model.name, "mode": cfg.mode.name, "steps": self.step,
+                   "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
+                   "steps_this_session": self.step - start_step, "tokens": self.tokens_seen}
+        write_summary(self.run_dir / "summary.json", rows, figures, self.wall_seconds(), self.wall_seconds_before)
+        return steps.last
 
     def stop_requested(self, stop: StopSignals) -> bool:
         """Whether any rank got a stop signal; all ranks agree, so they stop at the same step."""
@@ -546,43 +429,3 @@ class Trainer:
                 keep_sum = name in ("loss", "dropped_tokens")
                 reduced[name] = value if keep_sum else value / self.env.world_size
         return reduced
-
-    def write_summary(self, rows: list[dict[str, Any]], seconds: float, first_step: int) -> None:
-        """summary.json: the figures a sweep table needs, for this run as a whole (`seconds`: all invocations)."""
-        train_rows = [r for r in rows if "loss" in r]
-        val_rows = [r for r in rows if "val_loss" in r]
-        rates = [r["tokens_per_s"] for r in train_rows]
-        summary = {
-            "model": self.cfg.model.name, "mode": self.cfg.mode.name, "steps": self.step,
-            "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
-            "final_loss": train_rows[-1]["loss"] if train_rows else None,
-            "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
-            "final_val_bpb": val_rows[-1].get("val_bpb") if val_rows else None,
-            "tokens_per_s": sum(rates) / len(rates) if rates else None,
-            "wall_seconds": round(seconds, 2), "steps_this_session": self.step - first_step,
-            "wall_seconds_this_session": round(seconds - self.wall_seconds_before, 2),
-            "tokens": self.tokens_seen,
-        }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def moe_metrics(stats: dict[str, Any]) -> dict[str, Any]:
-    """Per-step MoE figures for the metrics row: balance loss, expert shares, router entropy."""
-    if "aux_loss" not in stats:
-        return {}
-    load = stats["expert_load"]  # (moe layers, experts), each row sums to 1
-    return {"aux_loss": stats["aux_loss"].item(), "expert_load_min": load.min().item(),
-            "expert_load_max": load.max().item(), "expert_load": [[round(v, 4) for v in row] for row in load.tolist()],
-            "router_entropy": stats["router_entropy"].mean().item(), "dropped_tokens": int(stats["dropped_tokens"])}
-
-
-def moe_summary(row: dict[str, Any]) -> dict[str, str]:
-    if "aux_loss" not in row:
-        return {}
-    return {"aux": f"{row['aux_loss']:.4f}", "load": f"{row['expert_load_min']:.2f}-{row['expert_load_max']:.2f}"}
-
-
-def _format_seconds(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
