@@ -18,12 +18,15 @@ during each model's training phase (VmHWM, reset through /proc/self/clear_refs; 
 
 Compile: with --compile the first warm-up step traces and compiles (forward and backward); warm-up
 steps are never timed, so tokens/s is the compiled steady state, and the warm-up's seconds (compile
-included) are reported apart as warmup_s / first_step_s.
+included) are reported apart as warmup_s / first_step_s. --compile-decode times our generation a second
+time through sampling.StaticDecoder (static KV cache, compiled one-token step, a CUDA graph on CUDA),
+its compile in the untimed warm-up generation, and says whether its greedy tokens match the eager ones.
 
     python scripts/bench.py                                               # reference shape, fp32 on CPU
     python scripts/bench.py --dim 128 --n-layers 2 --n-heads 4 --seq-len 128     # the hardware=cpu preset
     python scripts/bench.py --preset 16gb --moe --compile --json bench.json  # hardware=16gb's model and batch
     python scripts/bench.py --device cuda --compile --json bench.json
+    python scripts/bench.py --preset cpu --no-peer --compile-decode --steps 2   # eager vs compiled decoding
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ except ImportError:  # a checkout that is not pip-installed
 
 from zer02llm.config import Config, ModelConfig, MoEConfig, model_problems
 from zer02llm.model import IGNORE_INDEX, Transformer
-from zer02llm.sampling import SamplingParams, generate
+from zer02llm.sampling import SamplingParams, StaticDecoder, generate
 from zer02llm.optim import build_optimizer
 
 SEED = 0
@@ -99,6 +102,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="torch.compile backend; 'aot_eager' traces forward and backward without generating kernels (a quick "
              "check that the compiled path runs)")
     add("--no-generate", action="store_true", help="skip the generation timing (e.g. when an eager run has it)")
+    add("--compile-decode", action="store_true",
+        help="also time our generation with the decode step compiled (sampling.StaticDecoder: a CUDA graph on "
+             "CUDA; the compile falls in the untimed warm-up generation, reported as warmup_s)")
     add("--peak-tflops", type=float, default=None,
         help="device peak TFLOP/s for MFU; unset: known GPUs' dense bf16 peak, n/a on CPU")
     add("--gen-tokens", type=int, default=64, help=f"new tokens per generation (batch 1, {PROMPT_LEN}-token prompt)")
@@ -263,7 +269,11 @@ def time_generation(gen_fn: Callable[[], list[int]], n_new: int, device: torch.d
     """One warm-up generation, then the median of GEN_REPEATS timed ones (prefill included)."""
     times = []
     with torch.no_grad(), autocast(device, dtype):
+        sync(device)
+        start = time.perf_counter()
         tokens = gen_fn()
+        sync(device)
+        warmup = time.perf_counter() - start
         for _ in range(GEN_REPEATS):
             sync(device)
             start = time.perf_counter()
@@ -274,7 +284,7 @@ def time_generation(gen_fn: Callable[[], list[int]], n_new: int, device: torch.d
         raise RuntimeError(f"generated {len(tokens)} tokens, expected {n_new}")
     seconds = statistics.median(times)
     return {"tokens_per_s": n_new / seconds, "ms_per_token": 1e3 * seconds / n_new, "new_tokens": n_new,
-            "prompt_tokens": PROMPT_LEN, "tokens": tokens}
+            "prompt_tokens": PROMPT_LEN, "tokens": tokens, "warmup_s": warmup}
 
 
 def build_peer(model: Transformer) -> torch.nn.Module:
@@ -324,14 +334,22 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def bench_model(label: str, model: torch.nn.Module, loss_fn: Callable, gen_fn: Callable, batches: list[torch.Tensor],
-                args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    gen = None
+                args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                compiled_gen_fn: Optional[Callable] = None) -> dict:
+    gen = compiled = None
     if not args.no_generate:
         print(f"[{label}] generation ...", file=sys.stderr, flush=True)
         gen = time_generation(gen_fn, args.gen_tokens, device, dtype)  # first, while the weights are the initial ones
+        if compiled_gen_fn is not None:
+            print(f"[{label}] generation, compiled decode step ...", file=sys.stderr, flush=True)
+            compiled = time_generation(compiled_gen_fn, args.gen_tokens, device, dtype)
+            compiled["matches_eager"] = compiled["tokens"] == gen["tokens"]
     print(f"[{label}] training ...", file=sys.stderr, flush=True)
     train = time_training(model, loss_fn, batches, args.warmup, device, dtype)
-    return {"params": sum(p.numel() for p in model.parameters()), "train": train, "generate": gen}
+    entry = {"params": sum(p.numel() for p in model.parameters()), "train": train, "generate": gen}
+    if compiled is not None:
+        entry["generate_compiled"] = compiled
+    return entry
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -377,13 +395,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     target_of = {id(b): t for b, t in zip(batches, targets)}
     fwd = torch.compile(ours, backend=args.compile_backend) if args.compile else ours
     greedy = SamplingParams(temperature=0.0)
+    decoder = StaticDecoder(ours) if args.compile_decode and not args.no_generate else None
     peak, peak_source = peak_tflops(args, device)
     results: dict[str, Any] = {
         "machine": machine_info(device, dtype), "args": vars(args), "formula": FORMULA,
         "flops_per_token": ours.flops_per_token(args.seq_len), "peak_tflops": peak, "peak_source": peak_source,
         "ours": bench_model("zer02llm", ours, lambda b: fwd(b, target_of[id(b)]).loss,
                             lambda: list(generate(ours, prompt, args.gen_tokens, greedy)),
-                            batches, args, device, dtype)}
+                            batches, args, device, dtype,
+                            (lambda: list(generate(decoder, prompt, args.gen_tokens, greedy))) if decoder else None)}
     results["ours"]["attention"] = args.attention
     results["ours"]["active_params"] = ours.num_params(active=True)
     results["ours"]["model"] = cfg.name
@@ -456,6 +476,13 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
         print(f"{label:<34}" + "".join(f"{c:>22}" for c in cells))
     if ours["active_params"] != ours["params"]:
         print(f"{'active parameters per token':<34}{ours['active_params']:>22,}")
+    if compiled := ours.get("generate_compiled"):
+        eager = ours["generate"]
+        print(f"{'generate tokens/s, compiled decode':<34}{compiled['tokens_per_s']:>22,.0f}"
+              f"{compiled['tokens_per_s'] / eager['tokens_per_s']:>21.2f}x eager")
+        print(f"{'compiled decode ms/token':<34}{compiled['ms_per_token']:>22.2f}")
+        print(f"{'compiled decode warm-up s':<34}{compiled['warmup_s']:>22,.2f}  (compile included); greedy tokens "
+              f"{'match' if compiled['matches_eager'] else 'DIFFER from'} eager")
     print(f"\nmemory: {ours['train']['mem_method']}")
     if peer:
         greedy = ("" if args.no_generate else

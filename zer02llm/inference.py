@@ -26,6 +26,8 @@ class Loaded:
     # data.seq_len of the run that trained the checkpoint (None when its config.json does not say):
     # positions past it were never trained, though model.max_seq_len allows them
     trained_seq_len: Optional[int] = None
+    # compile=true: the compiled decoder over `model`, kept so that one compile serves every reply
+    decoder: Optional[sampling.StaticDecoder] = None
 
 
 @dataclass
@@ -39,8 +41,9 @@ class Reply:
 
 
 def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[str] = None,
-                       tokenizer_path: Optional[str] = None) -> Loaded:
-    """A checkpoint (or run directory) as a model ready to sample from, adapters merged in."""
+                       tokenizer_path: Optional[str] = None, compile: bool = False) -> Loaded:
+    """A checkpoint (or run directory) as a model ready to sample from, adapters merged in; with compile,
+    a StaticDecoder over it (compiled at the first reply)."""
     path = ckpt.resolve_checkpoint(checkpoint)
     saved = ckpt.read_checkpoint_config(path)
     model_cfg = model_config_from_dict(saved["model"])
@@ -69,7 +72,9 @@ def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = Tokenizer.load(tokenizer_path or path / "tokenizer")
     trained = seq_len if isinstance(seq_len, int) and seq_len > 0 else None
-    return Loaded(model.to(device).eval(), tokenizer, path, mode, trained)
+    model = model.to(device).eval()
+    decoder = sampling.StaticDecoder(model) if compile else None  # before any reply: an unfit device fails here
+    return Loaded(model, tokenizer, path, mode, trained, decoder)
 
 
 def check_sampling(options: SamplingOptions) -> sampling.SamplingParams:
@@ -88,7 +93,8 @@ def stream_reply(loaded: Loaded, prompt_ids: list[int], options: SamplingOptions
     pieces: list[str] = []
     started, count, last = time.perf_counter(), 0, None
     stop = loaded.tokenizer.eos_id if stop_id is None else stop_id
-    for token in sampling.generate(loaded.model, prompt_ids, options.max_new_tokens, params, stop, generator):
+    model = loaded.decoder or loaded.model  # the same tokens either way
+    for token in sampling.generate(model, prompt_ids, options.max_new_tokens, params, stop, generator):
         count, last = count + 1, token
         pieces.append(decoder.push(token))
         if write is not None and pieces[-1]:

@@ -3,7 +3,8 @@
 RMSNorm (pre-norm, computed in float32) -> grouped-query attention with rotary embeddings ->
 RMSNorm -> SwiGLU feed-forward, repeated n_layers times; a final norm and an LM head tied to the
 token embedding. Attention runs through torch's scaled_dot_product_attention, or a plain-math path
-that the tests use as the reference. A KVCache makes generation cost one token per step.
+that the tests use as the reference. A KVCache makes generation cost one token per step; a
+StaticKVCache keeps every shape fixed from step to step, so that a compiled decode step serves them all.
 Packed training windows can be document-masked (`doc_ids`, see masking.py) so that attention stops
 at document boundaries, optionally with rotary positions restarted per document (`positions`).
 """
@@ -25,6 +26,7 @@ from zer02llm.model.moe import MoEFeedForward, RouterStats
 IGNORE_INDEX = -100  # targets with this value (padding, prompts) add nothing to the loss
 # a document mask: dense (B, 1, T, T) bool (True = may attend) for SDPA / math, or a flex BlockMask
 AttentionMask = Union[torch.Tensor, "BlockMask"]
+Cache = Union["KVCache", "StaticKVCache"]
 
 
 class RMSNorm(nn.Module):
@@ -77,6 +79,45 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+class StaticKVCache:
+    """Keys and values in buffers of one fixed length, written at a position held in a tensor.
+
+    Nothing about a step depends on a Python number that changes (the position lives on the device,
+    attention runs over the whole buffer under a mask of the positions written so far), so one compiled
+    decode step, CUDA graph included, serves every position. The caller keeps the tokens within max_len
+    (sampling.StaticDecoder does): an overflow is not checked here, as that would need the host.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
+                 dtype: torch.dtype):
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        # one tensor per layer, each updated in place: a CUDA graph replays writes into fixed addresses
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # tokens stored; advanced by the model
+        self.max_len = max_len
+        for buffer in (*self.keys, *self.values, self.position):
+            torch._dynamo.mark_static_address(buffer)
+
+    def reset(self) -> None:
+        """Empty, for a new sequence (the stale entries are masked out, never read)."""
+        self.position.zero_()
+
+    def positions(self, num_tokens: int) -> torch.Tensor:
+        """(num_tokens,) positions of the next tokens."""
+        return self.position + torch.arange(num_tokens, device=self.position.device)
+
+    def visible(self, positions: torch.Tensor) -> torch.Tensor:
+        """(T, max_len) bool, True where the query at each of `positions` may attend a buffer slot."""
+        return torch.arange(self.max_len, device=positions.device) <= positions.unsqueeze(1)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.positions(k.size(2))
+        self.keys[layer].index_copy_(2, index, k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, index, v.to(self.values[layer].dtype))
+        return self.keys[layer], self.values[layer]  # the whole buffer: (B, KV, max_len, hd)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -91,14 +132,14 @@ class Attention(nn.Module):
         self.o_proj.is_residual_proj = True
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Optional[KVCache] = None, mask: Optional[AttentionMask] = None) -> torch.Tensor:
+                cache: Optional[Cache] = None, mask: Optional[AttentionMask] = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # now (B, KV, past + T, hd)
+            k, v = cache.update(self.layer_idx, k, v)  # now (B, KV, past + T, hd); static: (B, KV, max_len, hd)
         past = k.size(2) - T
         dropout = self.dropout if self.training else 0.0
         if mask is not None and not isinstance(mask, torch.Tensor):  # a flex BlockMask
@@ -166,7 +207,7 @@ class Block(nn.Module):
             self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Optional[KVCache] = None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Optional[Cache] = None,
                 mask: Optional[AttentionMask] = None) -> tuple[torch.Tensor, Optional[RouterStats]]:
         x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, mask))
         if self.is_moe:
@@ -230,7 +271,7 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, tokens: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None, doc_ids: Optional[torch.Tensor] = None,
+                cache: Optional[Cache] = None, doc_ids: Optional[torch.Tensor] = None,
                 positions: Optional[torch.Tensor] = None) -> Output:
         """tokens (B, T) -> logits (B, T, vocab); with a cache, tokens continue the cached ones.
 
@@ -239,27 +280,36 @@ class Transformer(nn.Module):
         e.g. masking.document_positions(doc_ids) to restart at every document. Both are for whole
         training windows, not for generation with a cache.
         """
-        start = cache.length if cache is not None else 0
         T = tokens.size(1)
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         for name, value in (("doc_ids", doc_ids), ("positions", positions)):
             if value is not None and cache is not None:
                 raise ValueError(f"{name} is for training windows; generation with a KV cache takes none")
             if value is not None and value.shape != tokens.shape:
                 raise ValueError(f"{name} has shape {tuple(value.shape)}; it must match tokens {tuple(tokens.shape)}")
-        if positions is None:
-            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
+        mask = None
+        if isinstance(cache, StaticKVCache):
+            # positions from the device, never the host: the compiled decode step stays one graph
+            at = cache.positions(T)  # (T,)
+            cos, sin = self.rope_cos[at], self.rope_sin[at]  # (T, hd)
+            mask = cache.visible(at)  # (T, max_len), shared by all layers
         else:
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
-        mask = self._document_mask(doc_ids) if doc_ids is not None else None  # once, shared by all layers
+            start = cache.length if cache is not None else 0
+            if start + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            if positions is None:
+                cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
+            else:
+                cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+            mask = self._document_mask(doc_ids) if doc_ids is not None else None  # once, shared by all layers
         x = self.dropout(self.tok_embeddings(tokens))
         router_stats = []
         for layer in self.layers:
             x, stats = layer(x, cos, sin, cache, mask)
             if stats is not None:
                 router_stats.append(stats)
-        if cache is not None:
+        if isinstance(cache, StaticKVCache):
+            cache.position.add_(T)  # in place: the CUDA graph's input stays where it was
+        elif cache is not None:
             cache.length += T
         logits = self.lm_head(self.norm(x))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -288,6 +338,13 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         param = self.tok_embeddings.weight
         return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, param.device, param.dtype)
+
+    def new_static_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
+        if not 0 < max_len <= self.cfg.max_seq_len:
+            raise ValueError(f"a static KV cache of {max_len} tokens: must be in "
+                             f"1..model.max_seq_len={self.cfg.max_seq_len}")
+        param = self.tok_embeddings.weight
+        return StaticKVCache(self.cfg, batch_size, max_len, param.device, param.dtype)
 
     def num_params(self, exclude_embeddings: bool = False, active: bool = False) -> int:
         """Parameter count (tied weights once); optionally without the token embedding, or only
