@@ -90,6 +90,24 @@ def test_bad_generation_settings(checkpoint):
         generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), max_new_tokens=0))
     with pytest.raises(ValueError, match="top_p=1.5"):
         generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), top_p=1.5))
+    with pytest.raises(ConfigError, match="threads=-1"):
+        generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), threads=-1))
+
+
+def test_generation_sets_the_cpu_threads_it_is_given(checkpoint, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr("sys.stdout", RecordingStdout())
+    try:
+        torch.set_num_threads(2)
+        generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), prompt="a", max_new_tokens=2))
+        assert torch.get_num_threads() == 1  # the default: fast when other processes share the cores
+        torch.set_num_threads(2)
+        generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), prompt="a", max_new_tokens=2, threads=None))
+        assert torch.get_num_threads() == 2  # null leaves whatever torch has
+    finally:
+        torch.set_num_threads(before)
 
 
 def _is_valid_utf8(data: bytes) -> bool:

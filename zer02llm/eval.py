@@ -42,7 +42,8 @@ class Session:
         self.params = check_sampling(cfg)
         if cfg.history_turns < 0:
             raise ConfigError(f"history_turns={cfg.history_turns}: must be >= 0")
-        self.loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile)
+        self.loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile,
+                                         cfg.threads)
         # the adapter's mode when adapter= gives one that records it (an SFT adapter on a pretrained base chats)
         self.chat = cfg.chat if cfg.chat is not None else self.loaded.mode == "sft"
         max_seq_len = self.loaded.model.cfg.max_seq_len

@@ -18,7 +18,7 @@ def run(cfg: GenerateConfig) -> str:
     from zer02llm.inference import check_sampling, load_for_inference, make_generator, stream_reply, truncation_note
 
     params = check_sampling(cfg)
-    loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile)
+    loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile, cfg.threads)
     # pretrained models continue documents, which began with bos
     prompt_ids = [loaded.tokenizer.bos_id] + loaded.tokenizer.encode(cfg.prompt)
 

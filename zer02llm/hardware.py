@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 import torch
 
@@ -34,13 +35,14 @@ def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]
     return device, DTYPES[dtype_name]
 
 
-def set_threads(hardware: HardwareConfig) -> None:
-    """hardware.threads > 0 sets torch's intra-op CPU threads; null/0 keeps torch's default (one per core)."""
-    if not hardware.threads:
+def set_threads(threads: Optional[int], key: str = "hardware.threads") -> None:
+    """threads > 0 sets torch's intra-op CPU threads; null/0 keeps torch's default (one per core).
+    `key`: the setting it came from, for the messages."""
+    if not threads:
         return
-    torch.set_num_threads(hardware.threads)
+    torch.set_num_threads(threads)
     cores = os.cpu_count() or 1
-    if hardware.threads > cores:  # more threads than cores: they preempt each other at every op
-        log.warning("hardware.threads=%d exceeds this machine's %d CPU cores: expect slower steps; use "
-                    "hardware.threads=%d or fewer", hardware.threads, cores, cores)
-    log.info("torch CPU threads: %d (hardware.threads; %d cores)", torch.get_num_threads(), cores)
+    if threads > cores:  # more threads than cores: they preempt each other at every op
+        log.warning("%s=%d exceeds this machine's %d CPU cores: expect slower steps; use %s=%d or fewer",
+                    key, threads, cores, key, cores)
+    log.info("torch CPU threads: %d (%s; %d cores)", torch.get_num_threads(), key, cores)

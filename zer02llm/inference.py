@@ -12,6 +12,7 @@ import torch
 from zer02llm import checkpoint as ckpt
 from zer02llm import sampling
 from zer02llm.config import ConfigError, SamplingOptions, model_config_from_dict, model_problems
+from zer02llm.hardware import set_threads
 from zer02llm.model import Transformer
 from zer02llm.model.lora import apply_lora, load_adapter, load_lora_state_dict, merge_lora
 from zer02llm.tokenizer import StreamDecoder, Tokenizer
@@ -41,9 +42,11 @@ class Reply:
 
 
 def load_for_inference(checkpoint: str, device: str = "auto", adapter: Optional[str] = None,
-                       tokenizer_path: Optional[str] = None, compile: bool = False) -> Loaded:
+                       tokenizer_path: Optional[str] = None, compile: bool = False,
+                       threads: Optional[int] = None) -> Loaded:
     """A checkpoint (or run directory) as a model ready to sample from, adapters merged in; with compile,
     a StaticDecoder over it (compiled at the first reply)."""
+    set_threads(threads, "threads")  # before the model is built: torch sizes its thread pool on first use
     path = ckpt.resolve_checkpoint(checkpoint)
     saved = ckpt.read_checkpoint_config(path)
     model_cfg = model_config_from_dict(saved["model"])
@@ -82,6 +85,8 @@ def check_sampling(options: SamplingOptions) -> sampling.SamplingParams:
         raise ConfigError("checkpoint=<dir> is required: a checkpoint (…/checkpoints/last) or a run directory")
     if options.max_new_tokens <= 0:
         raise ConfigError(f"max_new_tokens={options.max_new_tokens}: must be > 0")
+    if options.threads is not None and options.threads < 0:
+        raise ConfigError(f"threads={options.threads}: must be >= 1, or 0/null for torch's default (one per core)")
     return sampling.SamplingParams(options.temperature, options.top_k, options.top_p, options.repetition_penalty)
 
 

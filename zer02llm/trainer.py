@@ -71,7 +71,7 @@ class Trainer:
             logging.getLogger("zer02llm").setLevel(logging.WARNING)
         log.info("run directory: %s%s", self.run_dir,
                  f" ({self.env.world_size} ranks)" if self.env.enabled else "")
-        set_threads(cfg.hardware)  # before any heavy work: torch sizes its thread pool on first use
+        set_threads(cfg.hardware.threads)  # before any heavy work: torch sizes its thread pool on first use
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = Tokenizer.load(cfg.tokenizer.path)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
