@@ -75,8 +75,8 @@ def test_resume_a_two_rank_run_with_two_ranks_or_one(runs):
     # another global batch cannot continue the epoch where it stopped: a clear error
     proc = run_module("zer02llm.train", [*DDP, "train.batch_size=3", f"train.resume={step10}", "hydra.run.dir=bad"],
                       cwd=work, check=False)
-    assert proc.returncode == 2 and "trained with 8 sequences per optimizer step" in proc.stdout + proc.stderr
-    assert "Resume with train.batch_size=8" in proc.stdout + proc.stderr  # the override that would fit
+    assert proc.returncode == 2 and "trained with 4 sequences per optimizer step" in proc.stdout + proc.stderr
+    assert "Resume with train.batch_size=4" in proc.stdout + proc.stderr  # the override that would fit
 
 
 @pytest.mark.slow
