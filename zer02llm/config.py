@@ -275,6 +275,28 @@ class EvalConfig(SamplingOptions):
     output: Optional[str] = None
 
 
+@dataclass
+class ExportConfig:
+    """`python -m zer02llm.export`: a checkpoint as a transformers model directory (README: Using your model elsewhere)."""
+
+    # a checkpoint directory (…/checkpoints/last) or a run directory (its newest checkpoint)
+    checkpoint: Optional[str] = None
+    # the new directory; one that exists and holds files is refused unless overwrite=true
+    output: Optional[str] = None
+    overwrite: bool = False
+    # a LoRA adapter directory merged into the checkpoint's weights (a LoRA run's own adapters are merged anyway)
+    adapter: Optional[str] = None
+    # null: the tokenizer the checkpoint was trained with
+    tokenizer_path: Optional[str] = None
+    # the exported weights' dtype; "auto": as the checkpoint stores them
+    dtype: str = "auto"
+    # above this, model.safetensors is split into shards with an index (as transformers' save_pretrained does)
+    max_shard_size: str = "5GB"
+    # a model trained with model.capacity_factor > 0 drops overflowing tokens; transformers' MoE never does.
+    # true: export it anyway, as the dropless model
+    allow_dropless: bool = False
+
+
 class ConfigError(ValueError):
     """A bad configuration; the message lists every problem found, each naming key, value and fix."""
 
@@ -506,6 +528,10 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
             problems.append(f"tokenizer.path={tokenizer_path}: no tokenizer.json in that directory")
         if cfg.mode.init_from is not None and not os.path.exists(cfg.mode.init_from):
             problems.append(f"mode.init_from={cfg.mode.init_from}: no such checkpoint or run directory")
+        elif cfg.mode.init_from is not None:
+            from zer02llm.interop import init_from_problems  # a transformers directory's config.json (no torch)
+
+            problems += init_from_problems(cfg.mode.init_from, cfg.model)
         resume = train.resume
         if resume not in (None, "auto") and not os.path.isdir(resume):
             problems.append(f"train.resume={resume}: no such checkpoint directory (or use 'auto')")
@@ -542,6 +568,9 @@ def register_configs() -> None:
         ("eval", EvalConfig, "python -m zer02llm.eval checkpoint=<dir> [prompts=[...]]: chat with a model, or answer "
                              "a list of prompts.\nExample: checkpoint=outputs/<date>/<time> prompts_file=questions.txt "
                              "output=answers.jsonl"),
+        ("export", ExportConfig, "python -m zer02llm.export checkpoint=<dir> output=<dir>: write a checkpoint as a "
+                                 "transformers model directory.\nExample: checkpoint=outputs/<date>/<time> "
+                                 "output=exported/ [overwrite=true]"),
     ):
         cs.store(name=f"base_{name}", node=schema)
         cs.store(name=name, node={

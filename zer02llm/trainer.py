@@ -23,7 +23,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from zer02llm import checkpoint as ckpt
-from zer02llm import distributed
+from zer02llm import distributed, interop
 from zer02llm.config import Config, ConfigError
 from zer02llm.hardware import resolve_device, set_threads
 from zer02llm.data.packing import pretrain_dataset
@@ -98,7 +98,10 @@ class Trainer:
         self.lr_anchor: Anchor = None  # set when a resumed run's total_steps differs from its checkpoint's
 
         self.model = Transformer(cfg.model).to(self.device)
-        if cfg.mode.init_from:
+        if cfg.mode.init_from and interop.is_transformers_dir(cfg.mode.init_from):
+            interop.load_transformers_weights(self.model, cfg.mode.init_from)  # config.json + safetensors
+            log.info("initialised the weights from the transformers model %s", cfg.mode.init_from)
+        elif cfg.mode.init_from:
             found = ckpt.resolve_checkpoint(cfg.mode.init_from)
             ckpt.load_model_weights(self.model, found)  # weights only: optimizer and step start afresh
             log.info("initialised the weights from %s", found)
