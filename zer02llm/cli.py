@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from zer02llm.config import ConfigError
+from zer02llm.config import ConfigError, nearest_keys
 
 C = TypeVar("C")
 
@@ -103,13 +102,9 @@ def unknown_override_keys(argv: Sequence[str], schema: type, alternatives: dict[
         if not (isinstance(section_type, type) and dataclasses.is_dataclass(section_type)):
             continue
         name = name.split(".")[0]
-        declared = sorted({f.name for cls in (section_type, *alternatives.get(section, ()))
-                           for f in dataclasses.fields(cls)})
+        declared = {f.name for cls in (section_type, *alternatives.get(section, ())) for f in dataclasses.fields(cls)}
         if name not in declared:
-            near = difflib.get_close_matches(name, declared, n=3, cutoff=0.5)
-            hint = (f"did you mean {' or '.join(f'{section}.{n}' for n in near)}?" if near
-                    else f"valid keys: {', '.join(declared)}")
-            problems.append(f"{section}.{name}: no such setting; {hint}")
+            problems.append(f"{section}.{name}: no such setting; {nearest_keys(name, declared, section + '.')}")
     return problems
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 ATTENTION_IMPLS = ("sdpa", "math")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -399,11 +399,20 @@ def _divisors_near(n: int, target: int) -> str:
     return ", ".join(str(d) for d in sorted(divisors[:3]))
 
 
+def nearest_keys(name: str, declared: Iterable[str], prefix: str = "") -> str:
+    """`did you mean <prefix><key>?` for the declared keys nearest a misspelt one, else all of them."""
+    import difflib
+
+    declared = sorted(declared)
+    near = difflib.get_close_matches(name, declared, n=3, cutoff=0.5)
+    if near:
+        return f"did you mean {' or '.join(prefix + n for n in near)}?"
+    return f"valid keys: {', '.join(prefix + n for n in declared)}"
+
+
 def undeclared_keys(node: Any, prefix: str = "") -> list[str]:
     """Keys of a composed DictConfig that no dataclass declares (`+train.lrr=1e-3`, a typo in a YAML
     preset), each with the nearest valid names: OmegaConf would keep them and nothing would read them."""
-    import difflib
-
     from omegaconf import DictConfig, OmegaConf
 
     problems: list[str] = []
@@ -413,10 +422,8 @@ def undeclared_keys(node: Any, prefix: str = "") -> list[str]:
     for key in node.keys():
         name = f"{prefix}{key}"
         if declared is not None and key not in declared:
-            near = difflib.get_close_matches(str(key), sorted(declared), n=3, cutoff=0.5)
-            hint = (f"did you mean {' or '.join(prefix + n for n in near)}?" if near
-                    else f"valid keys here: {', '.join(sorted(declared))}")
-            problems.append(f"{name}: no such setting ({schema.__name__} has no key '{key}'); {hint}")
+            problems.append(f"{name}: no such setting ({schema.__name__} has no key '{key}'); "
+                            f"{nearest_keys(str(key), declared, prefix)}")
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
