@@ -186,3 +186,15 @@ def test_compile_warm_up_is_logged_apart_from_tokens_per_second(tmp_path):
     assert "compile warm-up (first step):" in log
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [3, 6] and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("override", ["data.packing=bos_aligned", "data.document_mask=true"])
+def test_pretraining_layouts_are_refused_for_sft(override):
+    with pytest.raises(ConfigError, match="is for pretraining"):
+        checked_config(compose(["mode=sft", override]))
+    checked_config(compose([override]))  # fine for pretraining
+
+
+def test_an_unknown_packing_is_refused():
+    with pytest.raises(ConfigError, match="data.packing='shuffled': must be one of concat, bos_aligned"):
+        checked_config(compose(["data.packing=shuffled"]))

@@ -57,7 +57,10 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_over_bytes(
                        device=torch.device("cpu"))
     text_targets = [2, 3, 5, 9, 10]  # not ignored, with bytes
     n_bytes = sum(int(byte_lengths[t]) for t in text_targets)
-    assert metrics["val_loss"] == pytest.approx(math.log(vocab))  # 7 counted targets, each ln V
+    sums = sum(loss_sums(UniformModel(vocab)(torch.tensor([r[0]])).logits, torch.tensor([r[1]]), byte_lengths)
+               for r in rows)
+    assert sums[1].item() == 7 and sums[3].item() == n_bytes  # targets counted (one ignored), their bytes
+    assert metrics["val_loss"] == pytest.approx(math.log(vocab))  # each counted target costs ln V
     assert metrics["val_ppl"] == pytest.approx(vocab)
     assert metrics["val_bpb"] == pytest.approx(len(text_targets) * math.log2(vocab) / n_bytes)
     assert len(model.calls) == 2

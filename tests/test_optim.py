@@ -254,7 +254,10 @@ def test_muon_resume_continues_bit_exactly(tmp_path):
         second.train_step()
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
+    trained = [p for p in first.model.parameters() if p.requires_grad]
+    assert trained and all(first.optimizer.state[p] for p in trained)  # every part of the optimizer kept state
     for p_first, p_second in zip(first.model.parameters(), second.model.parameters()):
+        assert first.optimizer.state[p_first].keys() == second.optimizer.state[p_second].keys()
         for key, value in first.optimizer.state[p_first].items():
             assert torch.equal(value, second.optimizer.state[p_second][key]), key
 
