@@ -261,6 +261,11 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
         missing, unexpected = load_model(model, str(file), strict=False)
     except SafetensorError as e:
         raise _damaged(file, f"safetensors: {e}") from None
+    check_fit(file, missing, unexpected)
+
+
+def check_fit(file: Path, missing: list[str], unexpected: list[str]) -> None:
+    """Refuse weights that leave parameters unset or bring tensors the model does not have."""
     if missing or unexpected:
         raise ConfigError(f"{file} does not fit the model: missing {missing}, unexpected {unexpected}")
 

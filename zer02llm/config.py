@@ -82,7 +82,7 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
 
 
 MODES = ("pretrain", "sft")
-PACKINGS = ("concat", "bos_aligned")  # zer02llm/data/packing.py
+PACKINGS = ("concat", "bos_aligned")  # built by zer02llm/data/packing.py
 
 
 @dataclass
@@ -439,7 +439,7 @@ def device_problems(hardware: HardwareConfig) -> list[str]:
 
     if torch.cuda.is_available():
         return []
-    return [f"hardware.device={hardware.device} (hardware={hardware.name}) needs a CUDA GPU, but "
+    return [f"hardware={hardware.name} (hardware.device={hardware.device}) needs a CUDA GPU, but "
             f"torch.cuda.is_available() is False on this machine: use hardware=cpu, or hardware.device=auto "
             f"to fall back to the CPU"]
 

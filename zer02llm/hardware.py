@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from zer02llm.config import ConfigError, HardwareConfig
+from zer02llm.config import ConfigError, HardwareConfig, device_problems
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -19,10 +19,8 @@ def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]
     name = hardware.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"hardware={hardware.name} (hardware.device={hardware.device}) needs a CUDA GPU, but "
-                          f"torch.cuda.is_available() is False on this machine: use hardware=cpu, or "
-                          f"hardware.device=auto to fall back to the CPU")
+    if problems := device_problems(hardware):  # validate() lists it with the rest; this is the last guard
+        raise ConfigError(problems[0])
     device = torch.device(name)
     dtype_name = hardware.dtype
     if dtype_name == "auto":

@@ -17,7 +17,6 @@ config.validate() before anything heavy is loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 LLAMA, MIXTRAL, GRANITE_MOE_SHARED = "LlamaForCausalLM", "MixtralForCausalLM", "GraniteMoeSharedForCausalLM"
 MODEL_TYPES = {LLAMA: "llama", MIXTRAL: "mixtral", GRANITE_MOE_SHARED: "granitemoeshared"}
 WEIGHTS_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
-DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float64": "float64"}
 
 # per block, the tensors every architecture names alike (ours -> transformers', under model.layers.{i}.)
 _ATTENTION = {

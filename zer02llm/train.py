@@ -110,7 +110,7 @@ def cli() -> None:
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()
     # `--cfg job` only prints the composed config; say what would be refused in it
-    check_printed_config(sys.argv[1:], "config", lambda dict_cfg: checked_config(dict_cfg))
+    check_printed_config(sys.argv[1:], "config", checked_config)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class Trainer:
         train_path, val_path = data_paths(cfg)
         self.train_data = self._dataset(train_path)
         self.val_data = self._dataset(val_path) if val_path else None
-        self.byte_lengths = torch.tensor(self.tokenizer.byte_lengths())  # for val_bpb
+        self.byte_lengths = torch.tensor(self.tokenizer.byte_lengths(), device=self.device)  # for val_bpb
         self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed,
                                     rank=self.env.rank, world_size=self.env.world_size)
         steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
@@ -308,10 +308,7 @@ class Trainer:
         if self.sharded:
             set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True))
         else:
-            missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            if missing or unexpected:
-                raise ConfigError(f"{found.path / 'model.safetensors'} does not fit the model: missing {missing}, "
-                                  f"unexpected {unexpected}")
+            ckpt.check_fit(found.path / "model.safetensors", *self.model.load_state_dict(weights, strict=False))
         self.load_state_dict(found.trainer_state)
         log.info("resumed from %s at step %d", found.path, self.step)
 

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from zer02llm.data.jsonl import DataError
+from zer02llm.config import PACKINGS
 from zer02llm.data.pretrain import PackedDataset, TokenFile
 from zer02llm.model.transformer import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-PACKINGS = ("concat", "bos_aligned")
 SCAN_TOKENS = 1 << 24  # tokens compared with bos at a time (bounds the temporary boolean array)
 
 
