@@ -120,8 +120,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Config,
     """optim=adamw: AdamW on every trained parameter. optim=muon: Muon on the hidden matrices (batched over
     the experts of a stacked MoE tensor), AdamW on the rest. Every param group records its base lr
     ("base_lr"), which the schedule scales (set_lr)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optim.name == "adamw":
+        params = [p for p in model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer | CombinedOptimizer = _adamw(params, cfg, device)
     else:
         optimizer = _muon_and_adamw(model, cfg, device)
