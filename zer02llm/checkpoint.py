@@ -326,3 +326,27 @@ def latest_resumable(checkpoint_root: Path, model_cfg: ModelConfig,
         raise CheckpointError(f"no intact checkpoint in {checkpoint_root}: all {len(found)} are damaged (see the "
                               f"warnings above); move them elsewhere to start the run afresh")
     return None
+
+
+class Cadence:
+    """When the loop checkpoints: every `interval` steps, at the run's last step, and on a stop.
+    It remembers the step saved last, so a stop saves only new work and an interrupted run says
+    what it lost."""
+
+    def __init__(self, save: Callable[[], Any], interval: int, total_steps: int, step: int):
+        self.save, self.interval, self.total_steps = save, interval, total_steps
+        self.saved_step = step
+
+    def after_step(self, step: int) -> None:
+        if step % self.interval == 0 or step == self.total_steps:
+            self.save_new(step)
+
+    def save_new(self, step: int) -> None:
+        """Save unless `step` is saved already (every rank calls it: a sharded model gathers in all)."""
+        if step != self.saved_step:
+            self.save()
+            self.saved_step = step
+
+    def warn_unsaved(self, step: int) -> None:
+        if step != self.saved_step and step > 0:
+            log.warning("stopped at step %d; the last checkpoint is step %d", step, self.saved_step)

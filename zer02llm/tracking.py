@@ -8,7 +8,7 @@ import netrc
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,12 @@ class StepLogger:
     """
 
     def __init__(self, total_steps: int, start_step: int, log_interval: int, metrics: Optional[MetricsFile],
-                 tracker: Optional[WandbLogger], compiled: bool, show_bar: bool):
+                 tracker: Optional[WandbLogger], compiled: bool, show_bar: bool, shown: Sequence[str] = ()):
         from tqdm import tqdm
 
         self.total_steps, self.start_step, self.log_interval = total_steps, start_step, log_interval
         self.metrics, self.tracker, self.compiled = metrics, tracker, compiled
+        self.shown = tuple(shown)  # the objective's own figures (DPO's rewards), on the line and the bar
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not show_bar)
         self.window_start = self.eta_start = time.perf_counter()
@@ -146,18 +147,25 @@ class StepLogger:
         row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                "tokens_per_s": self.window_tokens / max(now - self.window_start, 1e-9), "tokens": tokens_seen,
                **extra}
-        moe = moe_summary(row)
-        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", **moe)
+        shown = {**{name: f"{row[name]:.4f}" for name in self.shown if name in row},
+              **moe_summary(row)}
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", **shown)
         eta = (now - self.eta_start) / max(1, step - self.eta_step) * (self.total_steps - step)
         log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s%s, ETA %s", step, self.total_steps,
-                 loss, lr, grad_norm, row["tokens_per_s"], "".join(f", {k} {v}" for k, v in moe.items()),
+                 loss, lr, grad_norm, row["tokens_per_s"], "".join(f", {k} {v}" for k, v in shown.items()),
                  format_seconds(eta))
         self.window_start, self.window_tokens = time.perf_counter(), 0
         return row
 
     def eval_done(self, step: int, values: dict[str, float]) -> None:
-        log.info("step %d: val loss %.4f, perplexity %.2f, %.4f bits per byte", step, values["val_loss"],
-                 values["val_ppl"], values["val_bpb"])
+        """Log each validation set's figures: `val_*` keys, and `<source>/val_*` for named sets."""
+        names = {"val_loss": "val loss", "val_ppl": "perplexity", "val_bpb": "bits per byte"}
+        groups: dict[str, list[str]] = {}
+        for key, value in values.items():
+            source, _, name = key.rpartition("/")
+            groups.setdefault(source, []).append(f"{names.get(name, name)} {value:.4f}")
+        for source, parts in groups.items():
+            log.info("step %d%s: %s", step, f" ({source})" if source else "", ", ".join(parts))
         self.window_start = time.perf_counter()  # evaluation time is not training time
 
     def write(self, row: dict[str, Any]) -> None:

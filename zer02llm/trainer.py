@@ -26,15 +26,11 @@ from zer02llm import checkpoint as ckpt
 from zer02llm import distributed, interop
 from zer02llm.config import Config, ConfigError
 from zer02llm.hardware import resolve_device, set_threads
-from zer02llm.data.packing import pretrain_dataset
-from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
 from zer02llm.data.sampler import BatchSampler
-from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
-from zer02llm.evaluation import evaluate
-from zer02llm.model import IGNORE_INDEX, Output, Transformer, document_ids
+from zer02llm.model import Transformer
 from zer02llm.model.lora import apply_lora, save_adapter
+from zer02llm.objectives import Batch, Computed, build_objective
 from zer02llm.optim import Anchor, build_optimizer, config_base_lrs, continued_anchor, lr_at, set_lr
-from zer02llm.resources import sample_data_path
 from zer02llm.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
 from zer02llm.tracking import (MetricsFile, StepLogger, WandbLogger, moe_metrics, plot_losses, write_run_config,
@@ -43,19 +39,7 @@ from zer02llm.tracking import (MetricsFile, StepLogger, WandbLogger, moe_metrics
 log = logging.getLogger(__name__)
 # sharded state gathered whole, on the CPU: checkpoints independent of the world size
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl")}
-
-
-def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
-    """Training and validation files; null train_path means the shipped sample corpus, and val_path
-    "auto" its validation file (no validation for a corpus of one's own); null val_path: none."""
-    val_path = cfg.data.val_path
-    if cfg.data.train_path is None:
-        train_file, val_file = SAMPLE_FILES[cfg.mode.name]
-        return str(sample_data_path(train_file)), str(sample_data_path(val_file)) if val_path == "auto" else val_path
-    return cfg.data.train_path, None if val_path == "auto" else val_path
+MOE_FIGURES = ("aux_loss", "expert_load", "router_entropy", "dropped_tokens")  # Output fields of an MoE model
 
 
 class Trainer:
@@ -78,10 +62,9 @@ class Trainer:
             raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                               f"{self.tokenizer.vocab_size} tokens ({self.tokenizer.path}): raise model.vocab_size")
 
-        train_path, val_path = data_paths(cfg)
-        self.train_data = self._dataset(train_path)
-        self.val_data = self._dataset(val_path) if val_path else None
-        self.byte_lengths = torch.tensor(self.tokenizer.byte_lengths(), device=self.device)  # for val_bpb
+        # the mode: its datasets, how a batch becomes a loss, its validation figures
+        self.objective = build_objective(cfg, self.tokenizer, self.device)
+        self.train_data, self.val_sets = self.objective.datasets()
         self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed,
                                     rank=self.env.rank, world_size=self.env.world_size)
         steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
@@ -108,6 +91,8 @@ class Trainer:
         if cfg.lora.rank > 0:  # after loading the base weights, before the optimizer sees the parameters
             wrapped = apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
             log.info("LoRA rank %d on %d layers (%s)", cfg.lora.rank, len(wrapped), ", ".join(cfg.lora.targets))
+        # from the starting weights, before a resume replaces them (DPO's reference is the start)
+        self.objective.prepare(self.model, self.device, self.autocast)
         # DDP all-reduces gradients; experts idle on a rank still hold (zero) gradients, so no
         # find_unused_parameters is needed. FSDP2 shards each block and the rest in place.
         self.ddp = self.model
@@ -131,34 +116,21 @@ class Trainer:
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
 
-    def _dataset(self, path: str) -> PackedDataset | SFTDataset:
-        data = self.cfg.data
-        if self.cfg.mode.name == "sft":
-            tokens = tokenize_sft_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict)
-            return SFTDataset(tokens, data.seq_len, self.tokenizer.pad_id)
-        return pretrain_dataset(tokenize_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict),
-                                data.seq_len, data.packing, self.tokenizer.bos_id, self.tokenizer.pad_id)
-
-    def forward_kwargs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Extra model arguments for a batch: the documents of packed windows, with data.document_mask."""
-        if not self.cfg.data.document_mask:
-            return {}
-        return {"doc_ids": document_ids(inputs, self.tokenizer.bos_id)}
-
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     # --- one optimizer step -------------------------------------------------------------------
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, weight: float) -> Output:
+    def forward_backward(self, batch: Batch, weight: float) -> Computed:
         """Backward of this micro-batch's share (`weight`) of the step's loss."""
         with self.autocast():
-            out = self.forward(inputs, targets, **self.forward_kwargs(inputs))
-        # an MoE model's balance loss trains the routers; it is logged apart from the LM loss
-        loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+            computed = self.objective.compute(self.forward, batch)
+        # an MoE model's balance loss trains the routers; it is logged apart from the objective's loss
+        aux = computed.output.aux_loss
+        loss = computed.loss if aux is None else computed.loss + aux
         self.scaler.scale(loss * weight).backward()
-        return out
+        return computed
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over grad_accum micro-batches; returns device tensors (no host sync)."""
@@ -166,18 +138,19 @@ class Trainer:
         lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
         set_lr(self.optimizer, lr, train.lr)  # each param group at its own base lr (optim=muon: Muon's)
         batches = [self.train_data.batch(self.sampler.next_batch()) for _ in range(train.grad_accum)]
-        # every target token of the step, on every rank, weighs the same, however the micro-batches'
-        # counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
-        counts = [int((targets != IGNORE_INDEX).sum()) for _, targets in batches]
-        total = sum(counts) * self.env.world_size  # packed data: every rank has as many targets
+        # every unit of the step (a target token, a pair), on every rank, weighs the same, however the
+        # micro-batches' counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
+        counts = [self.objective.counts(batch) for batch in batches]
+        total_units = sum(units for units, _ in counts) * self.env.world_size  # packed data: the same on every rank
+        tokens = sum(n for _, n in counts) * self.env.world_size
         if self.env.enabled and not self.train_data.fixed_targets:
-            total = int(distributed.all_reduce_sum(torch.tensor(sum(counts), device=self.device)).item())
+            local = torch.tensor([sum(units for units, _ in counts), sum(n for _, n in counts)], device=self.device)
+            total_units, tokens = (int(x) for x in distributed.all_reduce_sum(local).tolist())
         sums: dict[str, torch.Tensor] = {}
-        for i, ((inputs, targets), count) in enumerate(zip(batches, counts)):
+        for i, (batch, (units, _)) in enumerate(zip(batches, counts)):
             if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
-                inputs, targets = inputs.pin_memory(), targets.pin_memory()
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+                batch = tuple(t.pin_memory() for t in batch)
+            batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
             # gradients are all-reduced once per step, on the last micro-batch
             last_micro = i == len(batches) - 1
             if self.sharded:
@@ -185,11 +158,13 @@ class Trainer:
                 sync = contextlib.nullcontext()
             else:
                 sync = contextlib.nullcontext() if last_micro or not self.env.enabled else self.ddp.no_sync()
+            share = units / max(total_units, 1)
             with sync:
-                out = self.forward_backward(inputs, targets, count * self.env.world_size / total)
-            sums["loss"] = sums.get("loss", 0) + out.loss.detach().float() * (count / total)
-            for name in ("aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
-                value = getattr(out, name)
+                computed = self.forward_backward(batch, share * self.env.world_size)
+            for name, value in {"loss": computed.loss, **computed.metrics}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float() * share
+            for name in MOE_FIGURES:
+                value = getattr(computed.output, name)
                 if value is not None:
                     sums[name] = sums.get(name, 0) + value.detach().float() / train.grad_accum
         self.scaler.unscale_(self.optimizer)
@@ -201,14 +176,17 @@ class Trainer:
         self.step += 1
         if "dropped_tokens" in sums:
             sums["dropped_tokens"] = sums["dropped_tokens"] * train.grad_accum  # a count: summed, not averaged
-        return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": total}
+        return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": tokens}
 
     def evaluate(self) -> dict[str, float]:
-        """Loss, perplexity and bits per byte over the first eval_batches batches of the validation set."""
-        assert self.val_data is not None
-        return evaluate(self.model, self.val_data, self.cfg.train.batch_size, self.cfg.train.eval_batches,
-                        self.byte_lengths, self.device, self.env.rank, self.env.world_size, self.autocast,
-                        self.forward_kwargs)
+        """The objective's validation figures on each validation set, over its first train.eval_batches
+        batches: `val_*` for data.val_path's, `<name>/val_*` for a named one (a mixture's source)."""
+        values: dict[str, float] = {}
+        for name, dataset in self.val_sets.items():
+            figures = self.objective.evaluate(self.model, dataset, self.device, self.env.rank, self.env.world_size,
+                                              self.autocast)
+            values.update(figures if name == "val" else {f"{name}/{key}": v for key, v in figures.items()})
+        return values
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -337,10 +315,11 @@ class Trainer:
                             resume, self.step, where, self.total_steps, 2 * self.step)
                 return {}
         self.claim_run_dir()
-        if cfg.mode.name == "sft" and not cfg.mode.init_from and self.step == 0:
-            log.warning("mode=sft without mode.init_from: fine-tuning RANDOMLY INITIALISED weights, not a "
+        if self.objective.fine_tunes and not cfg.mode.init_from and self.step == 0:
+            log.warning("mode=%s without mode.init_from: fine-tuning RANDOMLY INITIALISED weights, not a "
                         "pretrained model. Give mode.init_from=<a pretraining run directory or checkpoint> "
-                        "(e.g. mode.init_from=outputs/pretrain); ignore this only if SFT from scratch is meant")
+                        "(e.g. mode.init_from=outputs/pretrain); ignore this only if SFT from scratch is meant",
+                        cfg.mode.name)
         n_params, n_active = self.model.num_params(), self.model.num_params(active=True)
         active = f", {n_active / 1e6:.2f}M active per token" if n_active != n_params else ""
         n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -358,19 +337,18 @@ class Trainer:
                                   self.resolved_config, self.run_dir, resume_id=self.wandb_id)
             self.wandb_id = tracker.run_id
         self.model.train()
-        saved_step = start_step = self.step
+        start_step = self.step
+        cadence = ckpt.Cadence(self.save, cfg.train.save_interval, self.total_steps, self.step)
         self.fit_start = time.perf_counter()
         steps = StepLogger(self.total_steps, self.step, cfg.train.log_interval,
                            self.metrics if self.env.is_main else None, tracker, cfg.hardware.compile,
-                           show_bar=sys.stderr.isatty() and self.env.is_main)
+                           show_bar=sys.stderr.isatty() and self.env.is_main, shown=self.objective.metric_names)
         stop = StopSignals()
         with logging_redirect_tqdm():
             try:
                 while self.step < self.total_steps:
                     if self.stop_requested(stop):
-                        if saved_step != self.step:
-                            self.save()
-                            saved_step = self.step
+                        cadence.save_new(self.step)
                         distributed.barrier()  # no rank leaves before the checkpoint is on disk
                         stop.forward()  # submitit requeues the job; without it the signal ends the run
                         return steps.last
@@ -384,32 +362,32 @@ class Trainer:
                         if not math.isfinite(loss):
                             raise FloatingPointError(f"loss is {loss} at step {self.step}: lower "
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
+                        extra = {name: stats[name].item() for name in self.objective.metric_names}
                         row = steps.train_row(self.step, loss, stats["lr"], stats["grad_norm"].item(),
-                                              self.tokens_seen, moe_metrics(stats))
-                    if self.val_data is not None and (self.step % cfg.train.eval_interval == 0
-                                                      or self.step == self.total_steps):
+                                              self.tokens_seen, {**extra, **moe_metrics(stats)})
+                    if self.val_sets and (self.step % cfg.train.eval_interval == 0 or self.step == self.total_steps):
                         values = self.evaluate()
                         steps.eval_done(self.step, values)
                         row = {"step": self.step, **row, **values}
                     if row:
                         steps.write(row)
-                    if self.step % cfg.train.save_interval == 0 or self.step == self.total_steps:
-                        self.save()
-                        saved_step = self.step
+                    cadence.after_step(self.step)
             finally:
                 stop.restore()
                 steps.close()
-                if saved_step != self.step and self.step > 0:
-                    log.warning("stopped at step %d; the last checkpoint is step %d", self.step, saved_step)
+                cadence.warn_unsaved(self.step)
         if not self.env.is_main:
             return steps.last
         rows = self.metrics.rows()
         plot = plot_losses(rows, self.run_dir / "loss.png")
         if plot:
             log.info("loss curves: %s", plot)
+        flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         figures = {"model": cfg.model.name, "mode": cfg.mode.name, "steps": self.step,
                    "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
-                   "steps_this_session": self.step - start_step, "tokens": self.tokens_seen}
+                   "non_embedding_params": self.model.num_params(exclude_embeddings=True),
+                   "steps_this_session": self.step - start_step, "tokens": self.tokens_seen,
+                   "flops_per_token": flops_per_token, "flops": flops_per_token * self.tokens_seen}
         write_summary(self.run_dir / "summary.json", rows, figures, self.wall_seconds(), self.wall_seconds_before)
         return steps.last
 
@@ -419,13 +397,14 @@ class Trainer:
         return bool(distributed.all_reduce_sum(flag).item()) if self.env.enabled else stop.received is not None
 
     def reduce_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """The step's figures over all ranks: the loss summed (each rank holds its share), the rest averaged."""
+        """The step's figures over all ranks: the objective's summed (each rank holds its share), MoE's averaged."""
         if not self.env.enabled:
             return stats
         reduced = dict(stats)
-        for name in ("loss", "aux_loss", "expert_load", "router_entropy", "dropped_tokens"):
+        summed = ("loss", *self.objective.metric_names, "dropped_tokens")  # each rank holds its share
+        for name in ("loss", *self.objective.metric_names, *MOE_FIGURES):
             if name in stats:
                 value = distributed.all_reduce_sum(stats[name].clone())
-                keep_sum = name in ("loss", "dropped_tokens")
+                keep_sum = name in summed
                 reduced[name] = value if keep_sum else value / self.env.world_size
         return reduced

@@ -1,0 +1,143 @@
+"""Training objectives: what a mode trains on and how a batch becomes a loss and its metrics.
+
+The Trainer runs steps, accumulation, AMP, clipping, the schedule and the cadence of evaluation and
+checkpoints without knowing which mode it runs; everything that differs between modes is here.
+Pretraining and SFT share next-token prediction (they differ only in their data); DPO
+(zer02llm/dpo.py) brings pairs and a frozen reference.
+
+A step's loss is the mean over its *units* (target tokens for next-token prediction, pairs for
+DPO) on every micro-batch and rank, however the micro-batches' counts differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from zer02llm.config import Config
+from zer02llm.data.packing import pretrain_dataset
+from zer02llm.data.pretrain import tokenize_to_cache
+from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
+from zer02llm.evaluation import evaluate
+from zer02llm.model import IGNORE_INDEX, Output, document_ids
+from zer02llm.resources import sample_data_path
+from zer02llm.tokenizer import Tokenizer
+
+Batch = tuple[torch.Tensor, ...]
+Autocast = Callable[[], contextlib.AbstractContextManager]
+
+
+@dataclass
+class Computed:
+    """What one micro-batch gives the loop."""
+
+    loss: torch.Tensor  # mean over the micro-batch's units: backpropagated (with the MoE balance loss) and logged
+    output: Output  # the model's output, for the MoE balance loss and router figures
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # more means over the units (DPO's rewards)
+
+
+class Dataset(Protocol):
+    fixed_targets: bool  # every batch of one size has as many units and tokens: no all-reduce of the counts
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Any) -> Batch: ...
+
+
+SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl"),
+                "dpo": ("dpo.jsonl", "dpo_val.jsonl")}
+
+
+def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
+    """Training and validation files; null train_path means the shipped sample corpus, and val_path
+    "auto" its validation file (no validation for a corpus of one's own); null val_path: none."""
+    val_path = cfg.data.val_path
+    if cfg.data.train_path is None:
+        train_file, val_file = SAMPLE_FILES[cfg.mode.name]
+        return str(sample_data_path(train_file)), str(sample_data_path(val_file)) if val_path == "auto" else val_path
+    return cfg.data.train_path, None if val_path == "auto" else val_path
+
+
+class Objective:
+    """A mode's data, loss and validation. `metric_names`: the keys of Computed.metrics."""
+
+    metric_names: tuple[str, ...] = ()
+    # what the run starts from matters: warn when a fine-tuning mode starts from random weights
+    fine_tunes = False
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+
+    def datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
+        """The training set and the validation sets by name ("val": the one of data.val_path)."""
+        train_path, val_path = data_paths(self.cfg)
+        vals = {"val": self.dataset(val_path)} if val_path else {}
+        return self.dataset(train_path), vals
+
+    def dataset(self, path: str) -> Dataset:
+        raise NotImplementedError
+
+    def prepare(self, model: torch.nn.Module, device: torch.device, autocast: Autocast) -> None:
+        """Once the model holds its starting weights, before the first step (DPO: the reference)."""
+
+    def counts(self, batch: Batch) -> tuple[int, int]:
+        """(units the loss averages over, tokens trained on) in a micro-batch, counted on the host."""
+        raise NotImplementedError
+
+    def compute(self, forward: Callable[..., Output], batch: Batch) -> Computed:
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, dataset: Dataset, device: torch.device, rank: int, world_size: int,
+                 autocast: Autocast) -> dict[str, float]:
+        """Validation figures keyed `val_*`: the same on every rank."""
+        raise NotImplementedError
+
+
+class NextToken(Objective):
+    """Next-token prediction: pretraining (packed {"text"} documents) and SFT (the assistant's tokens)."""
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, device: torch.device):
+        super().__init__(cfg, tokenizer)
+        self.fine_tunes = cfg.mode.name == "sft"
+        self.byte_lengths = torch.tensor(tokenizer.byte_lengths(), device=device)  # for val_bpb
+
+    def dataset(self, path: str) -> Dataset:
+        data = self.cfg.data
+        if self.cfg.mode.name == "sft":
+            tokens = tokenize_sft_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict)
+            return SFTDataset(tokens, data.seq_len, self.tokenizer.pad_id)
+        return pretrain_dataset(tokenize_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict),
+                                data.seq_len, data.packing, self.tokenizer.bos_id, self.tokenizer.pad_id)
+
+    def forward_kwargs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra model arguments for a batch: the documents of packed windows, with data.document_mask."""
+        if not self.cfg.data.document_mask:
+            return {}
+        return {"doc_ids": document_ids(inputs, self.tokenizer.bos_id)}
+
+    def counts(self, batch: Batch) -> tuple[int, int]:
+        targets = int((batch[1] != IGNORE_INDEX).sum())
+        return targets, targets
+
+    def compute(self, forward: Callable[..., Output], batch: Batch) -> Computed:
+        inputs, targets = batch
+        out = forward(inputs, targets, **self.forward_kwargs(inputs))
+        return Computed(out.loss, out)
+
+    def evaluate(self, model: torch.nn.Module, dataset: Dataset, device: torch.device, rank: int, world_size: int,
+                 autocast: Autocast) -> dict[str, float]:
+        train = self.cfg.train
+        return evaluate(model, dataset, train.batch_size, train.eval_batches, self.byte_lengths, device, rank,
+                        world_size, autocast, self.forward_kwargs)
+
+
+def build_objective(cfg: Config, tokenizer: Tokenizer, device: torch.device) -> Objective:
+    """The objective of cfg.mode.name."""
+    if cfg.mode.name == "dpo":
+        from zer02llm.dpo import DPO
+
+        return DPO(cfg, tokenizer, device)
+    return NextToken(cfg, tokenizer, device)
