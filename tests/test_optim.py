@@ -332,3 +332,20 @@ def test_muon_with_fsdp_and_bad_muon_values_are_refused():
     validate(OmegaConf.to_object(compose(["distributed.strategy=fsdp"])), check_files=False)  # adamw: fine
     with pytest.raises(ConfigError, match=r"optim='sgd' \(optim.name\): must be one of adamw, muon"):
         validate(OmegaConf.to_object(compose(["optim.name=sgd"])), check_files=False)
+
+
+def test_every_muon_key_reaches_the_optimizers(tmp_path):
+    """Each optim.muon_* given on the command line ends up in both Muon optimizers' groups (torch's Muon on
+    nn.Linear weights, ExpertMuon on stacked experts); AdamW's groups keep train.* values."""
+    trainer = build_trainer(tmp_path, ["optim=muon", "model=moe", "optim.muon_lr=0.007", "optim.muon_momentum=0.8",
+                                       "optim.muon_nesterov=false", "optim.muon_weight_decay=0.03",
+                                       "optim.muon_ns_steps=3", "optim.muon_adjust_lr=match_rms_adamw"])
+    expected = {"base_lr": 0.007, "momentum": 0.8, "nesterov": False, "weight_decay": 0.03, "ns_steps": 3,
+                "adjust_lr_fn": "match_rms_adamw"}
+    muons = {name: opt for name, opt in trainer.optimizer.optimizers.items() if name != "adamw"}
+    assert set(muons) == {"muon", "muon_experts"}
+    for name, optimizer in muons.items():
+        for group in optimizer.param_groups:
+            assert {key: group[key] for key in expected} == expected, name
+    for group in trainer.optimizer.optimizers["adamw"].param_groups:
+        assert group["base_lr"] == 1e-3 and group["betas"] == (0.9, 0.95)
