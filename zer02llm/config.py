@@ -297,6 +297,26 @@ class ExportConfig:
     allow_dropless: bool = False
 
 
+@dataclass
+class ServeConfig(SamplingOptions):
+    """`python -m zer02llm.serve`: the OpenAI HTTP API over a checkpoint (README: Serving).
+
+    The sampling keys are the defaults of a request that does not set them (max_new_tokens for a missing
+    max_tokens, seed for a missing seed); top_k and repetition_penalty, which OpenAI's API lacks, apply to
+    every request. `stream` is the request's own choice; the key is unused here."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # the `model` that requests name and /v1/models lists; null: the run directory's name
+    model_name: Optional[str] = None
+    # requests decoded at once, each on its own worker thread (batch 1, as eval decodes); more wait in line.
+    # With threads=1 each slot keeps one core busy: slots = cores suits models whose step is torch kernels
+    # (26M params on 2 cores: 1.6x the requests/s of slots=1); a toy model is Python-bound, slots=1 is faster
+    slots: int = 2
+    # uvicorn's log level (critical, error, warning, info, debug, trace); info logs one line per request
+    log_level: str = "info"
+
+
 class ConfigError(ValueError):
     """A bad configuration; the message lists every problem found, each naming key, value and fix."""
 
@@ -578,6 +598,9 @@ def register_configs() -> None:
         ("export", ExportConfig, "python -m zer02llm.export checkpoint=<dir> output=<dir>: write a checkpoint as a "
                                  "transformers model directory.\nExample: checkpoint=outputs/<date>/<time> "
                                  "output=exported/ [overwrite=true]"),
+        ("serve", ServeConfig, "python -m zer02llm.serve checkpoint=<dir> [host=127.0.0.1 port=8000]: serve the "
+                               "OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions).\nExample: "
+                               "checkpoint=outputs/<date>/<time> port=8000 slots=2"),
     ):
         cs.store(name=f"base_{name}", node=schema)
         cs.store(name=name, node={
