@@ -457,11 +457,15 @@ def test_pretraining_documents_given_to_sft_suggest_dropping_mode_sft(tmp_path, 
     assert str(info.value).endswith('Lines with "text" are pretraining documents: train on them without mode=sft')
 
 
-def test_compressed_sft_data_is_refused_up_front(tmp_path, tok):
-    path = tmp_path / "sft.jsonl.gz"
-    path.write_bytes(gzip.compress(b'{"conversations": []}\n' * 100))
-    with pytest.raises(DataError, match=r"is gzip-compressed: compressed input is not supported yet.*gzip -dc"):
-        tokenize_sft_to_cache(path, tok, tmp_path / "cache", progress=False)
+def test_compressed_sft_data_is_read_like_plain(tmp_path, tok):
+    record = {"conversations": [user("Hi"), assistant("Yo")]}
+    plain = write_jsonl(tmp_path / "sft.jsonl", [record] * 20)
+    packed = tmp_path / "sft2.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a = tokenize_sft_to_cache(plain, tok, tmp_path / "cache", progress=False)
+    b = tokenize_sft_to_cache(packed, tok, tmp_path / "cache", progress=False)
+    assert b.num_conversations == 20
+    assert [x.tolist() for x in a.load()] == [x.tolist() for x in b.load()]
 
 
 def test_a_tokenizer_without_chat_template_is_a_data_error_for_the_training_command(tmp_path, tok):

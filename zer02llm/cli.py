@@ -50,6 +50,7 @@ def quote_text_overrides(argv: list[str], keys: tuple[str, ...], list_keys: tupl
 
     Hydra's grammar rejects commas, brackets and non-ASCII characters in unquoted values, so
     `prompt=星期三，天气很好` would fail; users should not have to know to write `'prompt="…"'`.
+    A `[a,b]` value of a text key is a list: each element is quoted (data.train_path=[shard1,shard2]).
     For `list_keys`, a value that is not a `[...]` list becomes a one-element list.
     """
     fixed = []
@@ -58,7 +59,11 @@ def quote_text_overrides(argv: list[str], keys: tuple[str, ...], list_keys: tupl
         name = key.lstrip("+~")
         # `null` is Hydra's None: quoting it would make a path key the string 'null'
         if sep and value and value[0] not in "'\"" and value != "null":
-            if name in keys:
+            if name in keys and value[0] == "[" and value[-1] == "]":  # a list of paths: each element quoted
+                elements = (e.strip() for e in value[1:-1].split(","))
+                quoted = [e if e[0] in "'\"" else hydra_quote(e) for e in elements if e]
+                arg = f"{key}=[{','.join(quoted)}]"
+            elif name in keys:
                 arg = f"{key}={hydra_quote(value)}"
             elif name in list_keys and value[0] != "[":
                 arg = f"{key}=[{hydra_quote(value)}]"

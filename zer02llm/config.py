@@ -121,10 +121,17 @@ class HardwareConfig:
 
 @dataclass
 class DataConfig:
+    # a file (JSONL, .jsonl.gz, .jsonl.zst, Parquet), a directory of them, a glob, or a list of these;
     # null: the small sample corpus shipped inside the package (zer02llm/sample_data/)
-    train_path: Optional[str] = None
-    # "auto": the sample corpus's own validation file when training on it, else none; null: no validation
-    val_path: Optional[str] = "auto"
+    train_path: Any = None
+    # the same forms; "auto": the sample corpus's own validation file when training on it, else none;
+    # null: no validation
+    val_path: Any = "auto"
+    # weighted sources instead of train_path: {name: {path: ..., weight: ..., val_path: ...}}, or the path
+    # of a YAML file holding `mixture: {...}` (e.g. conf/data/mixture_example.yaml); weights are shares of tokens
+    mixture: Any = None
+    # the column (Parquet) or key (JSONL) holding a pretraining document's text
+    text_column: str = "text"
     seq_len: int = 512
     # where tokenized corpora are cached; null: $XDG_CACHE_HOME/zer02llm or ~/.cache/zer02llm
     cache_dir: Optional[str] = None
@@ -515,6 +522,9 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
     problems += device_problems(cfg.hardware)
     if data.packing not in PACKINGS:
         problems.append(f"data.packing={data.packing!r}: must be one of {', '.join(PACKINGS)}")
+    from zer02llm.data.spec import mixture_problems  # stdlib (and yaml) only
+
+    problems += mixture_problems(data, cfg.mode.name, check_files)
     if cfg.mode.name == "sft":
         for key, value, default in (("data.packing", data.packing, "concat"),
                                     ("data.document_mask", data.document_mask, False)):
@@ -539,14 +549,12 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
     if check_files:
-        from zer02llm.data.jsonl import unsupported_input  # stdlib only: still nothing heavy imported
+        from zer02llm.data.sources import file_problems  # stdlib only: still nothing heavy imported
 
         val_path = None if data.val_path == "auto" else data.val_path
         for key, path in {"data.train_path": data.train_path, "data.val_path": val_path}.items():
-            if path is not None and not os.path.exists(path):
-                problems.append(f"{key}={path}: no such file (relative paths start from {os.getcwd()})")
-            elif path is not None and (problem := unsupported_input(path)):
-                problems.append(f"{key}={path}: {problem}")
+            if path is not None:
+                problems += file_problems(key, path)
         tokenizer_path = cfg.tokenizer.path
         if tokenizer_path is not None and os.path.isfile(tokenizer_path):
             problems.append(f"tokenizer.path={tokenizer_path} is a file: give the directory that holds tokenizer.json"

@@ -17,13 +17,11 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from zer02llm.config import Config
-from zer02llm.data.packing import pretrain_dataset
-from zer02llm.data.pretrain import tokenize_to_cache
-from zer02llm.data.sft import SFTDataset, tokenize_sft_to_cache
+from zer02llm.config import Config, ConfigError
+from zer02llm.data.inputs import pretrain_data, sft_data
+from zer02llm.data.spec import resolve
 from zer02llm.evaluation import evaluate
 from zer02llm.model import IGNORE_INDEX, Output, document_ids
-from zer02llm.resources import sample_data_path
 from zer02llm.tokenizer import Tokenizer
 
 Batch = tuple[torch.Tensor, ...]
@@ -47,20 +45,6 @@ class Dataset(Protocol):
     def batch(self, indices: Any) -> Batch: ...
 
 
-SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl"),
-                "dpo": ("dpo.jsonl", "dpo_val.jsonl")}
-
-
-def data_paths(cfg: Config) -> tuple[str, Optional[str]]:
-    """Training and validation files; null train_path means the shipped sample corpus, and val_path
-    "auto" its validation file (no validation for a corpus of one's own); null val_path: none."""
-    val_path = cfg.data.val_path
-    if cfg.data.train_path is None:
-        train_file, val_file = SAMPLE_FILES[cfg.mode.name]
-        return str(sample_data_path(train_file)), str(sample_data_path(val_file)) if val_path == "auto" else val_path
-    return cfg.data.train_path, None if val_path == "auto" else val_path
-
-
 class Objective:
     """A mode's data, loss and validation. `metric_names`: the keys of Computed.metrics."""
 
@@ -72,12 +56,17 @@ class Objective:
         self.cfg, self.tokenizer = cfg, tokenizer
 
     def datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
-        """The training set and the validation sets by name ("val": the one of data.val_path)."""
-        train_path, val_path = data_paths(self.cfg)
-        vals = {"val": self.dataset(val_path)} if val_path else {}
-        return self.dataset(train_path), vals
+        """The training set and the validation sets by name ("val": the one of data.val_path; a mixture's
+        sources by their names). Here: one input, no mixture, each built by dataset()."""
+        if self.cfg.data.mixture is not None:
+            raise ConfigError(f"data.mixture: mode={self.cfg.mode.name} reads one input (data.train_path: a file, "
+                              f"directory, glob or list); mixtures are for mode=pretrain and mode=sft")
+        sources, vals = resolve(self.cfg.data, self.cfg.mode.name)
+        return (self.dataset(sources["train"].path, "data.train_path"),
+                {name: self.dataset(path, "data.val_path") for name, path in vals.items()})
 
-    def dataset(self, path: str) -> Dataset:
+    def dataset(self, paths: Any, key: str) -> Dataset:
+        """The dataset of `paths` (a file, directory, glob or list; `key` names it in messages)."""
         raise NotImplementedError
 
     def prepare(self, model: torch.nn.Module, device: torch.device, autocast: Autocast) -> None:
@@ -104,13 +93,9 @@ class NextToken(Objective):
         self.fine_tunes = cfg.mode.name == "sft"
         self.byte_lengths = torch.tensor(tokenizer.byte_lengths(), device=device)  # for val_bpb
 
-    def dataset(self, path: str) -> Dataset:
-        data = self.cfg.data
-        if self.cfg.mode.name == "sft":
-            tokens = tokenize_sft_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict)
-            return SFTDataset(tokens, data.seq_len, self.tokenizer.pad_id)
-        return pretrain_dataset(tokenize_to_cache(path, self.tokenizer, data.cache_dir, strict=data.strict),
-                                data.seq_len, data.packing, self.tokenizer.bos_id, self.tokenizer.pad_id)
+    def datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
+        build = sft_data if self.cfg.mode.name == "sft" else pretrain_data  # any input form, mixtures too
+        return build(self.cfg.data, self.tokenizer, self.cfg.train.seed)
 
     def forward_kwargs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra model arguments for a batch: the documents of packed windows, with data.document_mask."""

@@ -199,6 +199,11 @@ class Tokenizer:
             )
         return table
 
+    @property
+    def backend(self) -> "_HFTokenizer":
+        """The tokenizers library's own Tokenizer, for bulk calls (encode_batch_fast) without per-token Python."""
+        return self._tok
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; no bos/eos added (special-token strings in the text still match)."""
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -109,6 +109,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.tokens_seen = 0  # target tokens trained on (every token when pretraining; assistant tokens in SFT)
+        self.source_tokens_seen: dict[str, int] = {}  # of each data.mixture source
         # training wall time of earlier invocations (up to the checkpoint resumed from) and of this one
         self.wall_seconds_before = 0.0
         self.fit_start: Optional[float] = None
@@ -137,7 +138,9 @@ class Trainer:
         train = self.cfg.train
         lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
         set_lr(self.optimizer, lr, train.lr)  # each param group at its own base lr (optim=muon: Muon's)
-        batches = [self.train_data.batch(self.sampler.next_batch()) for _ in range(train.grad_accum)]
+        indices = [self.sampler.next_batch() for _ in range(train.grad_accum)]
+        batches = [self.train_data.batch(i) for i in indices]
+        self.count_source_tokens(indices)
         # every unit of the step (a target token, a pair), on every rank, weighs the same, however the
         # micro-batches' counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
         counts = [self.objective.counts(batch) for batch in batches]
@@ -178,6 +181,21 @@ class Trainer:
             sums["dropped_tokens"] = sums["dropped_tokens"] * train.grad_accum  # a count: summed, not averaged
         return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": tokens}
 
+    def count_source_tokens(self, indices: list[Any]) -> None:
+        """A mixture's tokens seen per source (all ranks'), for the metrics rows and the summary."""
+        source_tokens = getattr(self.train_data, "source_tokens", None)
+        if source_tokens is None:
+            return
+        step: dict[str, int] = {}
+        for batch_indices in indices:
+            for name, n in source_tokens(batch_indices).items():
+                step[name] = step.get(name, 0) + n
+        if self.env.enabled:
+            summed = distributed.all_reduce_sum(torch.tensor(list(step.values()), device=self.device)).tolist()
+            step = dict(zip(step, (int(n) for n in summed)))
+        for name, n in step.items():
+            self.source_tokens_seen[name] = self.source_tokens_seen.get(name, 0) + n
+
     def evaluate(self) -> dict[str, float]:
         """The objective's validation figures on each validation set, over its first train.eval_batches
         batches: `val_*` for data.val_path's, `<name>/val_*` for a named one (a mixture's source)."""
@@ -200,7 +218,7 @@ class Trainer:
         return {"step": self.step, "optimizer": optimizer, "optimizer_by_name": self.sharded,
                 "optim": self.cfg.optim.name, "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
-                "tokens_seen": self.tokens_seen,
+                "tokens_seen": self.tokens_seen, "source_tokens_seen": self.source_tokens_seen,
                 "total_steps": self.total_steps, "lr_anchor": self.lr_anchor, "batch": self.batch_layout(),
                 "wall_seconds": self.wall_seconds()}
 
@@ -228,6 +246,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.wandb_id = state.get("wandb_id")
         self.tokens_seen = state.get("tokens_seen", 0)
+        self.source_tokens_seen = dict(state.get("source_tokens_seen", {}))
         self.wall_seconds_before = state.get("wall_seconds", 0.0)
         train = self.cfg.train
         self.lr_anchor = continued_anchor(self.step, self.total_steps, state.get("total_steps", self.total_steps),
@@ -363,6 +382,7 @@ class Trainer:
                             raise FloatingPointError(f"loss is {loss} at step {self.step}: lower "
                                                      f"train.lr or use hardware.dtype=bfloat16/float32")
                         extra = {name: stats[name].item() for name in self.objective.metric_names}
+                        extra.update({f"{name}/tokens": n for name, n in self.source_tokens_seen.items()})
                         row = steps.train_row(self.step, loss, stats["lr"], stats["grad_norm"].item(),
                                               self.tokens_seen, {**extra, **moe_metrics(stats)})
                     if self.val_sets and (self.step % cfg.train.eval_interval == 0 or self.step == self.total_steps):
@@ -387,7 +407,8 @@ class Trainer:
                    "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
                    "non_embedding_params": self.model.num_params(exclude_embeddings=True),
                    "steps_this_session": self.step - start_step, "tokens": self.tokens_seen,
-                   "flops_per_token": flops_per_token, "flops": flops_per_token * self.tokens_seen}
+                   "flops_per_token": flops_per_token, "flops": flops_per_token * self.tokens_seen,
+                   **({"source_tokens": self.source_tokens_seen} if self.source_tokens_seen else {})}
         write_summary(self.run_dir / "summary.json", rows, figures, self.wall_seconds(), self.wall_seconds_before)
         return steps.last
 

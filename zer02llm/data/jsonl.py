@@ -43,6 +43,24 @@ class BadLines:
     count: int = 0
     first: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     hints: list[str] = field(default_factory=list)  # distinct, in order of first appearance
+    damaged: list[str] = field(default_factory=list)  # damaged compressed streams: file, offset, what was used
+
+    def damage(self, where: str) -> None:
+        self.damaged.append(where)
+
+    def merge(self, other: "BadLines") -> None:
+        """Add `other`'s counts (those of a later part of the same file) to these."""
+        self.count += other.count
+        self.first += other.first[:MAX_REPORTED - len(self.first)]
+        self.hints += [hint for hint in other.hints if hint not in self.hints]
+        self.damaged += other.damaged
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "first": self.first, "hints": self.hints, "damaged": self.damaged}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "BadLines":
+        return cls(state["count"], [tuple(x) for x in state["first"]], state["hints"], state["damaged"])
 
     def add(self, line_no: int, reason: str, hint: Optional[str] = None) -> None:
         self.count += 1
@@ -52,19 +70,22 @@ class BadLines:
             self.hints.append(hint)
 
     def summary(self, path: str | os.PathLike) -> str:
+        damage = "".join(f"; damaged: {where}" for where in self.damaged)
+        if not self.count:
+            return f"{path}: no malformed line" + damage
         shown = "; ".join(f"line {n}: {why}" for n, why in self.first)
         more = f" (and {self.count - len(self.first)} more)" if self.count > len(self.first) else ""
         return f"{path}: skipped {self.count} malformed line(s): {shown}{more}" + "".join(
-            f". {hint}" for hint in self.hints)
+            f". {hint}" for hint in self.hints) + damage
 
 
 def unsupported_input(path: str | os.PathLike) -> Optional[str]:
-    """Why an existing `path` cannot be read as a JSONL file (a directory, compressed, Parquet,
-    unreadable), or None. Checked up front: otherwise a .gz file reads as a wall of invalid UTF-8 lines."""
+    """Why an existing `path` cannot be read as one data file (a directory, bzip2/xz-compressed,
+    unreadable), or None. Checked up front: otherwise a .bz2 file reads as a wall of invalid UTF-8 lines.
+    JSONL, gzip- and zstd-compressed JSONL and Parquet are readable (zer02llm.data.sources)."""
     if os.path.isdir(path):
-        shards = sorted(Path(path).glob("*.jsonl"))
-        inside = f" (it holds {len(shards)} .jsonl file(s), e.g. {shards[0]}: name one)" if shards else ""
-        return f"is a directory: expected a JSONL file, one JSON object per line{inside}"
+        return ("is a directory: expected one data file here (data.train_path and data.val_path take "
+                "directories, globs and lists)")
     if not os.path.isfile(path):
         return None  # a FIFO or device: reading its head could block; the caller refuses it
     try:
@@ -76,19 +97,21 @@ def unsupported_input(path: str | os.PathLike) -> Optional[str]:
         return None  # empty: the caller's own, clearer message
     name = Path(path).name
     if head.startswith(PARQUET_MAGIC) or name.endswith(".parquet"):
-        source, out = json.dumps(str(path)), json.dumps(str(Path(path).with_suffix(".jsonl")))
-        code = (f'import pandas as pd; pd.read_parquet({source}).to_json({out}, orient="records", lines=True, '
-                f'force_ascii=False)')
-        return f"is a Parquet file: only JSONL is supported yet; convert it first, e.g. python -c {shlex.quote(code)}"
+        return None
     looks_like_json = head.lstrip()[:1] in (b"{", b"[")
     for kind, magic, suffixes in COMPRESSED:
         suffix = next((s for s in suffixes if name.endswith(s)), None)
+        readable = kind in ("gzip", "zstd")
+        if readable and head.startswith(magic):
+            return None
         # the suffix alone only counts when the content is not plain JSON (a misnamed file is fine)
+        if readable and suffix and not looks_like_json:
+            return f"is named {suffix} but holds neither {kind} data nor JSON lines"
         if head.startswith(magic) or (suffix and not looks_like_json):
             out = str(path)[:-len(suffix)] if suffix else str(path)
             out += "" if out.endswith(".jsonl") else ".jsonl"
-            return (f"is {kind}-compressed: compressed input is not supported yet; decompress it first, e.g. "
-                    f"{kind} -dc {shlex.quote(str(path))} > {shlex.quote(out)}")
+            return (f"is {kind}-compressed: readable inputs are JSONL, .jsonl.gz, .jsonl.zst and Parquet; "
+                    f"decompress it first, e.g. {kind} -dc {shlex.quote(str(path))} > {shlex.quote(out)}")
     return None
 
 
@@ -108,49 +131,39 @@ def check_readable(path: str | os.PathLike, what: str = "data file") -> None:
 
 def iter_records(path: str | os.PathLike, parse: Callable[[Any], T], bad: BadLines, strict: bool = False,
                  on_bytes: Callable[[int], None] | None = None) -> Iterator[T]:
-    """Yield parse(obj) for each good line; count the rest in `bad` (or raise DataError when strict).
+    """Yield parse(record) for each good record of one data file (JSONL, .jsonl.gz, .jsonl.zst or
+    Parquet); count the rest in `bad` (or raise DataError when strict).
 
-    Blank lines are ignored silently; invalid UTF-8, invalid JSON and lines that `parse` rejects
-    with BadLine are malformed. `on_bytes` is told how many bytes each line took (progress bars).
+    Blank lines are ignored silently; invalid UTF-8, invalid JSON and records that `parse` rejects
+    with BadLine are malformed. `on_bytes` is told how many bytes of the file each chunk took (progress bars).
     """
+    from zer02llm.data.sources import read_chunks  # it imports this module
+
     check_readable(path)
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            if not raw.strip():
-                continue
-            try:
-                record = parse(json.loads(raw.decode("utf-8")))
-            except UnicodeDecodeError:
-                reason, hint = "invalid UTF-8", None
-            except json.JSONDecodeError as e:
-                reason, hint = f"invalid JSON ({e.msg})", None
-            except BadLine as e:
-                reason, hint = str(e), e.hint
-            else:
-                yield record
-                continue
-            if strict:
-                raise DataError(f"{path}:{line_no}: {reason} (data.strict=true; set it false to skip such lines)"
-                                + (f". {hint}" if hint else ""))
-            bad.add(line_no, reason, hint)
+    done = 0
+    for chunk in read_chunks(path, parse, strict=strict):
+        bad.merge(chunk.bad)
+        if on_bytes is not None:
+            on_bytes(chunk.file_bytes - done)
+            done = chunk.file_bytes
+        yield from chunk.items
 
 
-def parse_pretrain(obj: Any) -> str:
-    """A pretraining record: {"text": "<non-empty string>"}."""
+def parse_pretrain(obj: Any, text_column: str = "text") -> str:
+    """A pretraining record: {"text": "<non-empty string>"} (`text_column`: data.text_column)."""
     if not isinstance(obj, dict):
         raise BadLine(f"expected a JSON object, got {type(obj).__name__}")
-    text = obj.get("text")
+    text = obj.get(text_column)
+    name = json.dumps(text_column)
     if text is None:
         hint = ('Lines with "conversations" are SFT data: train on them with mode=sft'
                 if "conversations" in obj else None)
-        raise BadLine('missing "text"', hint)
+        raise BadLine(f'missing {name}' if text_column not in obj else f'null {name}', hint)
     if not isinstance(text, str):
-        raise BadLine(f'"text" is a {type(text).__name__}, not a string')
+        raise BadLine(f'{name} is a {type(text).__name__}, not a string')
     if not text.strip():
-        raise BadLine('empty "text"')
-    check_unicode(text, '"text"')
+        raise BadLine(f'empty {name}')
+    check_unicode(text, name)
     return text
 
 

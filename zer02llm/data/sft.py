@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,9 +30,8 @@ from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable, check_unicode, iter_records
-from zer02llm.data.pretrain import (LINES_PER_BATCH, ByteProgress, cache_key, default_cache_dir, token_dtype,
-                                    write_atomic)
+from zer02llm.data.cache import build, cache_key, default_cache_dir, from_cache, token_dtype
+from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable, check_unicode
 from zer02llm.model.transformer import IGNORE_INDEX
 from zer02llm.tokenizer import Tokenizer
 
@@ -276,9 +274,61 @@ class SFTTokenFile:
                 np.memmap(self.offsets_path, dtype=np.int64, mode="r", shape=(self.num_conversations + 1,)))
 
 
+class ConversationEncoder:
+    """SFT conversations -> tokens, supervised mask and conversation end offsets (cache.Encoder).
+
+    Rendering and splitting into pieces happens on the reader thread, the pieces of a whole chunk are
+    encoded in one encode_batch call (every core), and each conversation is checked to decode to its
+    render on the writer thread."""
+
+    outputs = ("tokens", "mask", "offsets")
+
+    def __init__(self, template: ChatTemplate, path: str | os.PathLike, strict: bool):
+        self.template, self.path, self.strict = template, path, strict
+        self.dtype = token_dtype(template.tokenizer.vocab_size)
+
+    def parse(self, record: Any) -> list[tuple[str, bool]]:
+        messages = parse_sft(record)
+        try:
+            return self.template.segments(messages)
+        except TemplateRenderError as e:
+            raise BadLine(e.reason) from None
+
+    def encode(self, items: list[tuple[int, list[tuple[str, bool]]]]) -> tuple[list, list[list[int]]]:
+        return items, self.template.tokenizer.encode_batch([text for _, pieces in items for text, _ in pieces])
+
+    def arrays(self, encoded: tuple[list, list[list[int]]], counts: dict[str, int],
+               bad: BadLines) -> dict[str, np.ndarray]:
+        items, ids_of_pieces = encoded
+        ids: list[int] = []
+        mask: list[bool] = []
+        offsets: list[int] = []
+        k = 0
+        for line_no, pieces in items:
+            conv_ids, conv_mask = _join(pieces, ids_of_pieces[k:k + len(pieces)])
+            k += len(pieces)
+            try:
+                self.template.check(conv_ids, pieces)
+            except TemplateError as e:
+                if self.strict:
+                    raise DataError(f"{self.path}:{line_no}: {e} (data.strict=true; set it false to skip such "
+                                    f"lines)") from e
+                bad.add(line_no, str(e))
+                continue
+            ids += conv_ids
+            mask += conv_mask
+            counts["num_tokens"] += len(conv_ids)
+            counts["num_conversations"] += 1
+            counts["num_supervised"] += sum(conv_mask)
+            offsets.append(counts["num_tokens"])
+        return {"tokens": np.asarray(ids, dtype=self.dtype), "mask": np.asarray(mask, dtype=np.uint8),
+                "offsets": np.asarray(offsets, dtype=np.int64)}
+
+
 def tokenize_sft_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_dir: Optional[str | os.PathLike] = None,
                           strict: bool = False, progress: bool = True) -> SFTTokenFile:
-    """Tokenize an SFT JSONL file into the cache (or find it there) and describe the result.
+    """Tokenize one SFT file (JSONL, .jsonl.gz, .jsonl.zst; Parquet with a "conversations" column) into
+    the cache (or find it there) and describe the result.
 
     Malformed lines (see `parse_sft`; also conversations the template rejects) are skipped and counted,
     or the first one is a DataError when `strict`. A missing or empty file, or one without a usable
@@ -293,104 +343,26 @@ def tokenize_sft_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_d
     stem = cache_dir / f"{Path(path).stem}-{key}"
     files = {name: stem.with_name(f"{stem.name}.{name}.bin") for name in ("tokens", "mask", "offsets")}
     meta_path = stem.with_name(f"{stem.name}.json")
-
-    def described(meta: dict) -> SFTTokenFile:
-        return SFTTokenFile(files["tokens"], files["mask"], files["offsets"], dtype, meta["num_tokens"],
-                            meta["num_conversations"], meta["num_supervised"], meta["bad_lines"], str(path))
-
-    # the meta file is written last, so its presence means the three data files are complete
-    if meta_path.exists() and all(p.exists() for p in files.values()):
-        meta = json.loads(meta_path.read_text())
+    meta = from_cache(path, files, meta_path, strict)
+    if meta is not None:
         log.info("SFT tokens of %s from cache %s (%d conversations, %d tokens)", path, files["tokens"],
                  meta["num_conversations"], meta["num_tokens"])
-        if meta["bad_lines"] and strict:
-            raise DataError(f"{meta['bad_summary']} (data.strict=true; set it false to skip such lines)")
-        if meta["bad_lines"]:
-            log.warning("%s (counted when the cache was built)", meta["bad_summary"])
-        return described(meta)
+    else:
+        def check(counts: dict[str, int], bad: BadLines) -> None:
+            if counts["num_conversations"] == 0:
+                raise DataError(f"{path} has no usable conversation (expected lines like {{\"conversations\": "
+                                f"[{{\"role\": \"user\", \"content\": ...}}, {{\"role\": \"assistant\", "
+                                f"\"content\": ...}}]}})" + (f"; {bad.summary(path)}" if bad.count else ""))
 
-    started = time.time()
-    bad = BadLines()
-    counts = {"num_tokens": 0, "num_conversations": 0, "num_supervised": 0}
-    tmp = {name: p.with_name(f"{p.name}.tmp{os.getpid()}") for name, p in files.items()}
-    bar = ByteProgress(os.path.getsize(path), Path(path).name, enabled=progress)
-    line_no = 0
-
-    def on_bytes(n: int) -> None:
-        # iter_records reports each line's bytes just before parsing it: this counts line numbers
-        nonlocal line_no
-        line_no += 1
-        bar.update(n)
-
-    def parse(obj: Any) -> tuple[int, list[tuple[str, bool]]]:
-        messages = parse_sft(obj)
-        try:
-            return line_no, template.segments(messages)
-        except TemplateRenderError as e:
-            raise BadLine(e.reason) from None
-
-    try:
-        with open(tmp["tokens"], "wb") as tokens_out, open(tmp["mask"], "wb") as mask_out, \
-                open(tmp["offsets"], "wb") as offsets_out:
-            np.zeros(1, dtype=np.int64).tofile(offsets_out)
-            outs = (tokens_out, mask_out, offsets_out)
-            batch: list[tuple[int, list[tuple[str, bool]]]] = []
-            for record in iter_records(path, parse, bad, strict=strict, on_bytes=on_bytes):
-                batch.append(record)
-                if len(batch) == LINES_PER_BATCH:
-                    _write_batch(outs, batch, template, dtype, counts, bad, strict, path)
-                    batch = []
-            if batch:
-                _write_batch(outs, batch, template, dtype, counts, bad, strict, path)
-        if counts["num_conversations"] == 0:
-            raise DataError(f"{path} has no usable conversation (expected lines like {{\"conversations\": "
-                            f"[{{\"role\": \"user\", \"content\": ...}}, {{\"role\": \"assistant\", \"content\": "
-                            f"...}}]}})" + (f"; {bad.summary(path)}" if bad.count else ""))
-        for name in files:
-            os.replace(tmp[name], files[name])
-    finally:
-        bar.close()
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-    if bad.count:
-        log.warning("%s (data.strict=true makes them an error)", bad.summary(path))
-    meta = {"source": os.path.realpath(path), **counts, "bad_lines": bad.count, "bad_summary": bad.summary(path),
-            "tokenizer": str(tokenizer.path), "format": SFT_CACHE_FORMAT, "seconds": round(time.time() - started, 2)}
-    write_atomic(meta_path, json.dumps(meta, indent=1))
-    log.info("tokenized %s: %d conversations, %d tokens (%d supervised) in %.1fs -> %s", path,
-             counts["num_conversations"], counts["num_tokens"], counts["num_supervised"], meta["seconds"],
-             files["tokens"])
-    return described(meta)
-
-
-def _write_batch(outs, batch: list[tuple[int, list[tuple[str, bool]]]], template: ChatTemplate, dtype: np.dtype,
-                 counts: dict[str, int], bad: BadLines, strict: bool, path: str | os.PathLike) -> None:
-    # all pieces of the batch in one encode_batch call: it runs on all cores inside the tokenizers library
-    tokens_out, mask_out, offsets_out = outs
-    encoded = template.tokenizer.encode_batch([text for _, pieces in batch for text, _ in pieces])
-    ids: list[int] = []
-    mask: list[bool] = []
-    offsets: list[int] = []
-    k = 0
-    for line_no, pieces in batch:
-        conv_ids, conv_mask = _join(pieces, encoded[k:k + len(pieces)])
-        k += len(pieces)
-        try:
-            template.check(conv_ids, pieces)
-        except TemplateError as e:
-            if strict:
-                raise DataError(f"{path}:{line_no}: {e} (data.strict=true; set it false to skip such lines)") from e
-            bad.add(line_no, str(e))
-            continue
-        ids += conv_ids
-        mask += conv_mask
-        counts["num_tokens"] += len(conv_ids)
-        counts["num_conversations"] += 1
-        counts["num_supervised"] += sum(conv_mask)
-        offsets.append(counts["num_tokens"])
-    np.asarray(ids, dtype=dtype).tofile(tokens_out)
-    np.asarray(mask, dtype=np.uint8).tofile(mask_out)
-    np.asarray(offsets, dtype=np.int64).tofile(offsets_out)
+        counts = {"num_tokens": 0, "num_conversations": 0, "num_supervised": 0}
+        meta = build(path, files, meta_path, ConversationEncoder(template, path, strict), counts, check, strict,
+                     progress, text_column="conversations", numbered=True,
+                     head={"offsets": np.zeros(1, dtype=np.int64)})
+        log.info("tokenized %s: %d conversations, %d tokens (%d supervised) in %.1fs -> %s", path,
+                 meta["num_conversations"], meta["num_tokens"], meta["num_supervised"], meta["seconds"],
+                 files["tokens"])
+    return SFTTokenFile(files["tokens"], files["mask"], files["offsets"], dtype, meta["num_tokens"],
+                        meta["num_conversations"], meta["num_supervised"], meta["bad_lines"], str(path))
 
 
 class SFTDataset:
