@@ -82,6 +82,9 @@ def test_the_callback_writes_the_summary_when_the_sweep_ends(real_sweep):
         assert int(row["steps"]) == 4
         summary = json.loads((job / "summary.json").read_text())
         assert int(row["params"]) == summary["params"]
+        for column in ("non_embedding_params", "tokens", "flops_per_token"):
+            assert int(row[column]) == summary[column], column
+        assert float(row["flops"]) == summary["flops"] == summary["flops_per_token"] * summary["tokens"]
         for column in ("final_train_loss", "final_val_loss", "tokens_per_s", "wall_seconds"):
             assert math.isfinite(float(row[column])), column
         assert 0 < float(row["final_train_loss"]) < 10 and 0 < float(row["final_val_loss"]) < 10
@@ -98,7 +101,7 @@ def test_the_callback_writes_the_summary_when_the_sweep_ends(real_sweep):
     for cells, row in zip(table, rows):
         assert len(cells) == len(sweep.MD_HEADER)
         assert cells[0] == row["job"] and cells[1] == row["overrides"] and cells[-1] == OK
-        assert float(cells[4]) == pytest.approx(float(row["final_train_loss"]), abs=1e-4)
+        assert float(cells[7]) == pytest.approx(float(row["final_train_loss"]), abs=1e-4)
     text = (sweep_dir / "summary.md").read_text()
     assert "4 jobs (4 ok)" in text and "Common overrides: `" in text and "data.seq_len=32" in text
     assert "| job | overrides | parameters |" in stdout  # the table is printed too
@@ -230,9 +233,10 @@ def test_summarize_hand_made_sweep_writes_all_three_files(hand_made, capsys):
     assert [(c[0], c[1], c[-1]) for c in table] == [
         ("0", "train.lr=1e-3", OK), ("1", "train.lr=1e-2", FAILED), ("2", "train.lr=1e-1", INCOMPLETE),
         ("3", "train.lr=1e30", FAILED), ("10", "", INCOMPLETE)]
-    assert table[0][2:9] == ["1.00K", "4", "8.6000", "8.8000", "2.5000", "1,003", "0:01:16"]
-    assert table[1][2:9] == [""] * 7  # a failed job: empty figures
-    assert table[2][2:9] == ["", "6", "8.4000", "", "", "1,004", ""]
+    # no N or FLOPs in this summary.json and no config to count them from; tokens from the last metrics row
+    assert table[0][2:12] == ["1.00K", "", "4", "512", "", "8.6000", "8.8000", "2.5000", "1,003", "0:01:16"]
+    assert table[1][2:12] == [""] * 10  # a failed job: empty figures
+    assert table[2][2:12] == ["", "", "6", "", "", "8.4000", "", "", "1,004", ""]
     text = md.read_text()
     assert "5 jobs (1 ok, 2 failed, 2 incomplete). Swept: `train.lr`." in text
     assert "Common overrides: `data.seq_len=32`." in text
@@ -253,7 +257,7 @@ def test_a_sweep_of_jobs_without_metrics_still_gets_a_plot(tmp_path):
     make_job(tmp_path, "0", ["a=1"])
     summarize(tmp_path, echo=False)
     assert (tmp_path / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
-    assert md_rows(tmp_path / "summary.md") == [["0", "a=1", "", "", "", "", "", "", "", INCOMPLETE]]
+    assert md_rows(tmp_path / "summary.md") == [["0", "a=1"] + [""] * 10 + [INCOMPLETE]]
 
 
 def test_markdown_cells_escape_pipes(tmp_path):

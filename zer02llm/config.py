@@ -81,17 +81,25 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     return cls(**values)
 
 
-MODES = ("pretrain", "sft")
+MODES = ("pretrain", "sft", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")  # built by zer02llm/dpo.py
 PACKINGS = ("concat", "bos_aligned")  # built by zer02llm/data/packing.py
 
 
 @dataclass
 class ModeConfig:
-    """Training stage: "pretrain" (packed {"text"} documents) or "sft" (chat, assistant tokens only)."""
+    """Training stage: "pretrain" (packed {"text"} documents), "sft" (chat, assistant tokens only) or
+    "dpo" (preference pairs against the frozen mode.init_from model; the beta/label_smoothing/loss keys)."""
 
     name: str = "pretrain"
     # start from these weights (a checkpoint or run directory): fresh optimizer, step 0
     init_from: Optional[str] = None
+    # DPO only: how far the policy may move from the reference (rewards are beta * log-prob ratios)
+    beta: float = 0.1
+    # DPO only: the assumed share of flipped preference labels (conservative DPO); 0: plain DPO
+    label_smoothing: float = 0.0
+    # DPO only: "sigmoid" (DPO's -log sigmoid(beta * h)) or "ipo" ((h - 1 / (2 * beta))^2)
+    loss: str = "sigmoid"
 
 
 @dataclass
@@ -158,6 +166,12 @@ class TrainConfig:
     # optimizer steps; -1: as many as `epochs` passes over the training data take
     max_steps: int = -1
     epochs: float = 1.0
+    # compute-matched runs (zer02llm/budget.py): the steps come from a budget instead, rounded to the
+    # nearest whole step, and max_steps/epochs are not read. token_budget: tokens to train on (one step
+    # trains batch_size x grad_accum x world_size x seq_len); flops_budget: training FLOPs, flops_per_token
+    # x tokens (6 * N_matmul + 12 * n_layers * dim * seq_len per token, scripts/bench.py). At most one; null: off
+    token_budget: Optional[float] = None
+    flops_budget: Optional[float] = None
     lr: float = 5e-4
     # cosine decay ends at lr * min_lr_ratio
     min_lr_ratio: float = 0.1
@@ -397,6 +411,26 @@ def moe_problems(moe: MoEConfig) -> list[str]:
     return problems
 
 
+def dpo_problems(mode: ModeConfig) -> list[str]:
+    """What is wrong with mode=dpo's settings (empty when they are valid)."""
+    problems: list[str] = []
+    if not (math.isfinite(mode.beta) and mode.beta > 0):
+        problems.append(f"mode.beta={mode.beta}: must be > 0 (0.1 is usual; smaller lets the model move further "
+                        f"from the reference)")
+    if not 0.0 <= mode.label_smoothing < 0.5:
+        problems.append(f"mode.label_smoothing={mode.label_smoothing}: must be in [0, 0.5) (the share of "
+                        f"preference labels assumed flipped; 0 is plain DPO)")
+    if mode.loss not in DPO_LOSSES:
+        problems.append(f"mode.loss={mode.loss!r}: must be one of {', '.join(DPO_LOSSES)}")
+    if mode.loss == "ipo" and mode.label_smoothing > 0:
+        problems.append(f"mode.label_smoothing={mode.label_smoothing} with mode.loss=ipo: label smoothing is "
+                        f"for the sigmoid loss; drop it or use mode.loss=sigmoid")
+    if mode.init_from is None:
+        problems.append("mode=dpo needs mode.init_from=<an SFT run directory or checkpoint>: DPO starts from that "
+                        "model and keeps it, frozen, as the reference (e.g. mode.init_from=outputs/sft)")
+    return problems
+
+
 def optim_problems(optim: OptimConfig, dist: DistributedConfig) -> list[str]:
     """What is wrong with the optimizer's settings, alone or with the distributed strategy."""
     if optim.name not in OPTIMIZERS:
@@ -493,8 +527,14 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
     )
     if train.max_steps == 0 or train.max_steps < -1:
         problems.append(f"train.max_steps={train.max_steps}: must be > 0, or -1 to train for train.epochs")
-    if train.max_steps == -1 and train.epochs <= 0:
+    if train.max_steps == -1 and train.epochs <= 0 and train.token_budget is None and train.flops_budget is None:
         problems.append(f"train.epochs={train.epochs}: must be > 0 when train.max_steps=-1")
+    for key, budget in {"train.token_budget": train.token_budget, "train.flops_budget": train.flops_budget}.items():
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            problems.append(f"{key}={budget}: must be > 0 (e.g. 2e6), or null for no budget")
+    if train.token_budget is not None and train.flops_budget is not None:
+        problems.append(f"train.token_budget={train.token_budget} and train.flops_budget={train.flops_budget}: "
+                        f"each sets the number of steps, give one (the other =null)")
     if not 0.0 <= train.min_lr_ratio <= 1.0:
         problems.append(f"train.min_lr_ratio={train.min_lr_ratio}: must be in [0, 1]")
     for key, value in {"train.warmup_steps": train.warmup_steps, "train.weight_decay": train.weight_decay,
@@ -525,12 +565,14 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
     from zer02llm.data.spec import mixture_problems  # stdlib (and yaml) only
 
     problems += mixture_problems(data, cfg.mode.name, check_files)
-    if cfg.mode.name == "sft":
+    if cfg.mode.name in ("sft", "dpo"):
         for key, value, default in (("data.packing", data.packing, "concat"),
                                     ("data.document_mask", data.document_mask, False)):
             if value != default:
-                problems.append(f"{key}={value} is for pretraining: an SFT window holds one conversation, "
-                                f"padded (drop the override with mode=sft)")
+                problems.append(f"{key}={value} is for pretraining: an {cfg.mode.name.upper()} window holds one "
+                                f"conversation, padded (drop the override with mode={cfg.mode.name})")
+    if cfg.mode.name == "dpo":
+        problems += dpo_problems(cfg.mode)
     if cfg.mode.name not in MODES:
         problems.append(f"mode.name={cfg.mode.name!r}: must be one of {', '.join(MODES)}")
     lora = cfg.lora

@@ -1,26 +1,22 @@
-"""The summary of a Hydra multirun sweep: one row per job, as a Markdown table, a CSV and the loss curves.
+"""The summary of a Hydra multirun sweep: one row per job, as a Markdown table, a CSV and plots.
 
     python -m zer02llm.sweep multirun/2026-11-28/01-35-38
 
 writes into the sweep directory
 
-    summary.md        the table (job, overrides, parameters, steps, final train/val loss, tokens/s,
-                      wall time, status), the overrides common to all jobs, the best job, the errors
+    summary.md        the table (job, overrides, parameters, non-embedding parameters, steps, tokens,
+                      FLOPs, final train/val loss, val bits/byte, tokens/s, wall time, status), the
+                      overrides common to all jobs, the best job, the errors; the scaling fit; for an
+                      Optuna search its best trial and trials
     summary.csv       the same figures unformatted, plus one column per swept key
     loss_curves.png   train loss against step of every job (validation loss dashed, same colour)
+    scaling.png       final val loss against N and against FLOPs, log axes, with the fitted power law
+                      (zer02llm/scaling.py), when finished jobs differ in N or in FLOPs
+    trials.png        an Optuna search's objective per trial (zer02llm/hpsearch.py)
 
 and prints the Markdown. `SweepSummaryCallback` does the same at the end of every `-m` sweep once it
-is listed under `hydra.callbacks` (see conf/hydra/callbacks/sweep_summary.yaml).
-
-A job directory is a numbered subdirectory (Hydra's `hydra.sweep.subdir`, `${hydra.job.num}`), or
-any other one holding `.hydra/`, `summary.json` or `metrics.jsonl`. Its status:
-
-    ok          summary.json is there (the trainer writes it when the run ends normally)
-    failed      the callback recorded an exception (job_status.json), or the log has an ERROR line
-                (e.g. a config error) or a traceback
-    incomplete  anything else: still running, killed (SIGKILL, out of memory, a time limit),
-                interrupted, or stopped by a signal to be requeued. Its figures are the last logged
-                ones, as far as they go; parameters and wall time are empty
+is listed under `hydra.callbacks` (see conf/hydra/callbacks/sweep_summary.yaml). How job directories
+are found and what their status means: zer02llm/sweep_jobs.py.
 """
 
 from __future__ import annotations
@@ -32,9 +28,7 @@ import io
 import json
 import logging
 import math
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,225 +36,23 @@ from typing import Any, Optional, Sequence
 # of Hydra is imported inside the callback's methods.
 from hydra.experimental.callback import Callback
 
+from zer02llm import scaling
+from zer02llm.sweep_jobs import (FAILED, INCOMPLETE, JOB_STATUS, OK, JobResult, NotASweepError, collect,
+                                 common_overrides, job_dirs, job_label, override_key, override_value, read_job,
+                                 swept_keys)
+
+__all__ = ["FAILED", "INCOMPLETE", "JOB_STATUS", "OK", "JobResult", "NotASweepError", "SweepSummaryCallback",
+           "collect", "job_dirs", "read_job", "summarize", "swept_keys"]
+
 log = logging.getLogger(__name__)
 
 SUMMARY_MD, SUMMARY_CSV, CURVES_PNG = "summary.md", "summary.csv", "loss_curves.png"
-JOB_STATUS = "job_status.json"  # written by SweepSummaryCallback.on_job_end, where the job runs
-OK, FAILED, INCOMPLETE = "ok", "failed", "incomplete"
-CSV_COLUMNS = ["job", "overrides", "params", "active_params", "steps", "final_train_loss", "final_val_loss",
-               "final_val_bpb",
+CSV_COLUMNS = ["job", "overrides", "params", "active_params", "non_embedding_params", "steps", "tokens",
+               "flops_per_token", "flops", "final_train_loss", "final_val_loss", "final_val_bpb",
                "tokens_per_s", "wall_seconds", "status", "error"]
-MD_HEADER = ["job", "overrides", "parameters", "steps", "final train loss", "final val loss", "val bits/byte",
-             "tokens/s",
-             "wall time", "status"]
-MD_ALIGN = ["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
-# the lines of Hydra's default job log format "[time][logger][LEVEL] - message" at ERROR or worse
-_LOG_ERROR = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(?:ERROR|CRITICAL)\] - (.*)$")
-_LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\](?:\[[A-Z]+\])? ")
-
-
-class NotASweepError(ValueError):
-    """The directory is missing or holds no job directory."""
-
-
-@dataclass
-class JobResult:
-    """What one job directory says about its run; None where it does not say."""
-
-    name: str
-    path: Path
-    overrides: list[str] = field(default_factory=list)
-    status: str = INCOMPLETE
-    error: Optional[str] = None
-    params: Optional[int] = None
-    active_params: Optional[int] = None
-    steps: Optional[int] = None
-    final_loss: Optional[float] = None
-    final_val_loss: Optional[float] = None
-    final_val_bpb: Optional[float] = None  # bits per byte: comparable across tokenizers
-    tokens_per_s: Optional[float] = None
-    wall_seconds: Optional[float] = None
-    train_curve: list[tuple[int, float]] = field(default_factory=list)
-    val_curve: list[tuple[int, float]] = field(default_factory=list)
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
-    """The JSON object in path, or None when it is missing, half-written or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl; a line being written (or otherwise unreadable) is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-            rows.append(row)
-    return rows
-
-
-def _read_overrides(job_dir: Path) -> list[str]:
-    """The job's task overrides as given on the command line (Hydra's .hydra/overrides.yaml)."""
-    import yaml  # PyYAML, a dependency of OmegaConf
-
-    try:
-        data = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return []
-    return [str(item) for item in data] if isinstance(data, list) else []
-
-
-def _logged_error(job_dir: Path) -> Optional[str]:
-    """The first ERROR line of the job's log (Hydra names it <job name>.log), or a traceback's last line."""
-    for log_file in sorted(job_dir.glob("*.log")):
-        try:
-            lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        for i, line in enumerate(lines):
-            match = _LOG_ERROR.match(line)
-            if match:  # the message, with its continuation lines (those before the next record)
-                parts = [match.group(1).strip()]
-                for more in lines[i + 1:]:
-                    if _LOG_RECORD.match(more) or more.startswith("Traceback"):
-                        break
-                    parts.append(more.strip())
-                return " ".join(p for p in parts if p)[:500] or "error in " + log_file.name
-        if any(line.startswith("Traceback (most recent call last)") for line in lines):
-            tail = [line for line in lines if line.strip()]
-            return tail[-1].strip() if tail else "traceback in " + log_file.name
-    return None
-
-
-def _number(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _integer(value: Any) -> Optional[int]:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def read_job(job_dir: Path) -> JobResult:
-    """One job directory: summary.json where the run finished, metrics.jsonl as far as it goes."""
-    job = JobResult(name=job_dir.name, path=job_dir, overrides=_read_overrides(job_dir))
-    rows = _read_metrics(job_dir / "metrics.jsonl")
-    job.train_curve = [(int(r["step"]), float(r["loss"])) for r in rows if _number(r.get("loss")) is not None]
-    job.val_curve = [(int(r["step"]), float(r["val_loss"])) for r in rows if _number(r.get("val_loss")) is not None]
-    summary = _read_json(job_dir / "summary.json")
-    status_file = _read_json(job_dir / JOB_STATUS) or {}
-
-    if summary is not None:
-        job.params = _integer(summary.get("params"))
-        job.active_params = _integer(summary.get("active_params"))
-        job.steps = _integer(summary.get("steps"))
-        job.final_loss = _number(summary.get("final_loss"))
-        job.final_val_loss = _number(summary.get("final_val_loss"))
-        job.final_val_bpb = _number(summary.get("final_val_bpb"))
-        job.tokens_per_s = _number(summary.get("tokens_per_s"))
-        job.wall_seconds = _number(summary.get("wall_seconds"))
-    else:  # no summary (yet): the last logged figures; parameters and wall time stay unknown
-        steps = [int(r["step"]) for r in rows]
-        job.steps = max(steps) if steps else None
-        job.final_loss = job.train_curve[-1][1] if job.train_curve else None
-        job.final_val_loss = job.val_curve[-1][1] if job.val_curve else None
-        bpbs = [float(r["val_bpb"]) for r in rows if _number(r.get("val_bpb")) is not None]
-        job.final_val_bpb = bpbs[-1] if bpbs else None
-        rates = [float(r["tokens_per_s"]) for r in rows if _number(r.get("tokens_per_s")) is not None]
-        job.tokens_per_s = sum(rates) / len(rates) if rates else None
-
-    if status_file.get("status") == "FAILED":  # written at the job's end, so newer than any summary
-        job.status, job.error = FAILED, str(status_file.get("error") or "the job raised an exception")
-    elif summary is not None:
-        job.status = OK
-    else:
-        error = _logged_error(job_dir)
-        job.status, job.error = (FAILED, error) if error else (INCOMPLETE, None)
-    return job
-
-
-def _job_sort_key(path: Path) -> tuple[int, int, str]:
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job directories of a sweep, numbered ones in numerical order, then the others by name."""
-    found = []
-    for child in sweep_dir.iterdir():
-        if not child.is_dir() or child.name.startswith("."):  # .submitit/ and the like
-            continue
-        if child.name.isdigit() or any((child / name).exists() for name in (".hydra", "summary.json", "metrics.jsonl")):
-            found.append(child)
-    return sorted(found, key=_job_sort_key)
-
-
-def collect(sweep_dir: str | Path) -> list[JobResult]:
-    """Every job of the sweep in sweep_dir; NotASweepError when it is not a directory or holds no job."""
-    path = Path(sweep_dir)
-    if not path.is_dir():
-        raise NotASweepError(f"{path} is not a directory")
-    dirs = job_dirs(path)
-    if not dirs:
-        hint = (" (it looks like a single run: see its summary.json)" if (path / "summary.json").exists()
-                or (path / ".hydra").is_dir() else "")
-        raise NotASweepError(f"{path} is not a sweep directory: no job directories in it (numbered "
-                             f"subdirectories, or ones holding .hydra/, summary.json or metrics.jsonl){hint}")
-    return [read_job(d) for d in dirs]
-
-
-# --- overrides ------------------------------------------------------------------------------------
-
-def _override_key(override: str) -> str:
-    """`model.dim` of `model.dim=32`, `+x.y=1` and `~x.y`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _override_value(override: str) -> str:
-    return override.split("=", 1)[1] if "=" in override else ""
-
-
-def swept_keys(jobs: Sequence[JobResult]) -> list[str]:
-    """The override keys whose value differs between jobs (or that some jobs lack), in first-seen order."""
-    jobs = [job for job in jobs if job.overrides]  # a job that died before Hydra wrote them says nothing
-    keys: list[str] = []
-    for job in jobs:
-        for override in job.overrides:
-            if _override_key(override) not in keys:
-                keys.append(_override_key(override))
-    if len(jobs) < 2:
-        return []
-    swept = []
-    for key in keys:
-        values = {next((o for o in job.overrides if _override_key(o) == key), None) for job in jobs}
-        if len(values) > 1:
-            swept.append(key)
-    return swept
-
-
-def _label(job: JobResult, swept: Sequence[str]) -> str:
-    """The job's overrides of the swept keys, or all of them when nothing varies."""
-    shown = [o for o in job.overrides if _override_key(o) in swept] if swept else job.overrides
-    return " ".join(shown)
-
-
-def _common_overrides(jobs: Sequence[JobResult], swept: Sequence[str]) -> list[str]:
-    with_overrides = [job for job in jobs if job.overrides]
-    if not swept or not with_overrides:
-        return []
-    first = with_overrides[0].overrides
-    return [o for o in first if _override_key(o) not in swept]
+MD_HEADER = ["job", "overrides", "parameters", "non-emb. params", "steps", "tokens", "FLOPs", "final train loss",
+             "final val loss", "val bits/byte", "tokens/s", "wall time", "status"]
+MD_ALIGN = ["---:", "---"] + ["---:"] * 10 + ["---"]
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -292,6 +84,10 @@ def _fmt_seconds(x: Optional[float]) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def _fmt_flops(x: Optional[float]) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
 def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
@@ -300,8 +96,42 @@ def _csv_value(x: Any) -> Any:
     return "" if x is None else x
 
 
-def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = None) -> str:
-    """summary.md: a line about the sweep, the table, the best job and the errors of failed jobs."""
+def scaling_points(jobs: Sequence[JobResult]) -> list[scaling.ScalingPoint]:
+    """The finished jobs with a finite final val loss and known N, tokens and FLOPs: what a fit may use
+    (a failed or unfinished job never is)."""
+    points = []
+    for job in jobs:
+        values = (job.non_embedding_params, job.tokens, job.flops, job.final_val_loss)
+        if job.status == OK and all(v is not None and math.isfinite(v) for v in values):
+            points.append(scaling.ScalingPoint(job.name, float(job.non_embedding_params), float(job.tokens),
+                                               float(job.flops), float(job.final_val_loss)))
+    return points
+
+
+def scaling_fit(points: Sequence[scaling.ScalingPoint]) -> Optional[scaling.ScalingFit]:
+    """The fit (or the reason there is none) when the finished jobs differ in N or in FLOPs; None when
+    they do not (a learning-rate sweep), and the summary then has no scaling section."""
+    if len({p.params for p in points}) < 2 and not scaling.spread([p.flops for p in points]) > scaling.MATCHED_FLOPS:
+        return None
+    return scaling.fit_sweep(points)
+
+
+def read_search(sweep_dir: Path) -> Optional[Any]:
+    """The Optuna search of the sweep (hpsearch.Search), None for other sweeps or without optuna."""
+    if not (sweep_dir / "optuna.db").is_file():
+        return None
+    try:
+        from zer02llm import hpsearch
+    except ImportError:
+        log.warning("%s holds an Optuna study, but optuna is not installed: pip install -e '.[sweep]'", sweep_dir)
+        return None
+    return hpsearch.read_search(sweep_dir)
+
+
+def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = None,
+             fit: Optional[scaling.ScalingFit] = None, search: Optional[Any] = None) -> str:
+    """summary.md: a line about the sweep, the table, the best job, the errors of failed jobs, then the
+    scaling fit and the Optuna search where given."""
     swept = swept_keys(jobs)
     counts = {s: sum(j.status == s for j in jobs) for s in (OK, FAILED, INCOMPLETE)}
     lines = [f"# Sweep {sweep_dir}", ""]
@@ -310,7 +140,7 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
     tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines.append(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} ({tally})."
                  + (f" Swept: {', '.join(f'`{k}`' for k in swept)}." if swept else ""))
-    common = _common_overrides(jobs, swept)
+    common = common_overrides(jobs, swept)
     if common:
         lines.append(f"Common overrides: `{' '.join(common)}`.")
     lines += ["", "| " + " | ".join(MD_HEADER) + " |", "|" + "|".join(MD_ALIGN) + "|"]
@@ -318,23 +148,31 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
         params = _fmt_count(job.params)
         if job.active_params is not None and job.params is not None and job.active_params != job.params:
             params += f" ({_fmt_count(job.active_params)} active)"
-        cells = [job.name, _md_cell(_label(job, swept)), params, "" if job.steps is None else str(job.steps),
+        cells = [job.name, _md_cell(job_label(job, swept)), params, _fmt_count(job.non_embedding_params),
+                 "" if job.steps is None else str(job.steps), _fmt_count(job.tokens), _fmt_flops(job.flops),
                  _fmt_loss(job.final_loss), _fmt_loss(job.final_val_loss), _fmt_loss(job.final_val_bpb),
-                 _fmt_rate(job.tokens_per_s),
-                 _fmt_seconds(job.wall_seconds), job.status]
+                 _fmt_rate(job.tokens_per_s), _fmt_seconds(job.wall_seconds), job.status]
         lines.append("| " + " | ".join(cells) + " |")
     finished = [j for j in jobs if j.status == OK]
     for attr, what in (("final_val_loss", "final val loss"), ("final_loss", "final train loss")):
         scored = [j for j in finished if getattr(j, attr) is not None and math.isfinite(getattr(j, attr))]
         if scored:
             best = min(scored, key=lambda j: getattr(j, attr))
-            label = _label(best, swept)
+            label = job_label(best, swept)
             lines += ["", f"Best {what}: job {best.name}{f' ({label})' if label else ''}, "
                           f"{getattr(best, attr):.4f}."]
             break
     failed = [j for j in jobs if j.status == FAILED]
     if failed:
         lines += ["", "Failed jobs:", ""] + [f"- job {j.name}: {_md_cell(j.error or '')}" for j in failed]
+    if fit is not None:
+        lines += scaling.markdown_lines(fit)
+    if search is not None:
+        from zer02llm import hpsearch
+
+        best = search.best
+        best_job = next((j for j in jobs if best is not None and j.name == str(best.number)), None)
+        lines += hpsearch.markdown_lines(search, best_job.overrides if best_job else None)
     return "\n".join(lines) + "\n"
 
 
@@ -346,12 +184,12 @@ def write_csv(jobs: Sequence[JobResult], path: Path) -> Path:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS + extra)
     for job in jobs:
-        values = {_override_key(o): _override_value(o) for o in job.overrides}
-        writer.writerow([job.name, _label(job, swept), _csv_value(job.params), _csv_value(job.active_params),
-                         _csv_value(job.steps), _csv_value(job.final_loss), _csv_value(job.final_val_loss),
-                         _csv_value(job.final_val_bpb),
-                         _csv_value(job.tokens_per_s), _csv_value(job.wall_seconds), job.status,
-                         _csv_value(job.error)] + [values.get(k, "") for k in swept])
+        values = {override_key(o): override_value(o) for o in job.overrides}
+        writer.writerow([job.name, job_label(job, swept)]
+                        + [_csv_value(getattr(job, attr)) for attr in (
+                            "params", "active_params", "non_embedding_params", "steps", "tokens", "flops_per_token",
+                            "flops", "final_loss", "final_val_loss", "final_val_bpb", "tokens_per_s", "wall_seconds")]
+                        + [job.status, _csv_value(job.error)] + [values.get(k, "") for k in swept])
     path.write_text(buffer.getvalue(), encoding="utf-8")
     return path
 
@@ -369,7 +207,7 @@ def plot_curves(jobs: Sequence[JobResult], path: Path) -> Path:
     drawn = 0
     for i, job in enumerate(jobs):
         colour = colours(i % 20 if len(jobs) <= 20 else i / max(len(jobs) - 1, 1))
-        shown = _label(job, swept)
+        shown = job_label(job, swept)
         label = f"{job.name}: {shown}" if shown else f"job {job.name}"
         if job.status != OK:
             label += f" ({job.status})"
@@ -399,7 +237,8 @@ def plot_curves(jobs: Sequence[JobResult], path: Path) -> Path:
 
 
 def summarize(sweep_dir: str | Path, *, echo: bool = True, note: Optional[str] = None) -> Path:
-    """Write summary.md, summary.csv and loss_curves.png into sweep_dir and return summary.md's path.
+    """Write summary.md, summary.csv, loss_curves.png (and scaling.png, trials.png where they apply)
+    into sweep_dir and return summary.md's path.
 
     Jobs that failed or are still running are listed with their status; nothing about one job makes
     it raise. NotASweepError when sweep_dir is not a directory or holds no job directory. echo prints
@@ -407,14 +246,22 @@ def summarize(sweep_dir: str | Path, *, echo: bool = True, note: Optional[str] =
     """
     path = Path(sweep_dir)
     jobs = collect(path)
-    text = markdown(jobs, path, note)
+    points = scaling_points(jobs)
+    fit = scaling_fit(points)
+    search = read_search(path)
+    text = markdown(jobs, path, note, fit, search)
     md = path / SUMMARY_MD
     md.write_text(text, encoding="utf-8")
-    write_csv(jobs, path / SUMMARY_CSV)
-    plot_curves(jobs, path / CURVES_PNG)
+    written = [md, write_csv(jobs, path / SUMMARY_CSV), plot_curves(jobs, path / CURVES_PNG)]
+    if fit is not None:
+        written.append(scaling.plot_scaling(points, fit, path / scaling.SCALING_PNG))
+    if search is not None:
+        from zer02llm import hpsearch
+
+        written.append(hpsearch.plot_trials(search, path / hpsearch.TRIALS_PNG))
     if echo:
         print(text, end="")
-        print(f"\n(written: {md}, {path / SUMMARY_CSV}, {path / CURVES_PNG})", flush=True)
+        print(f"\n(written: {', '.join(str(p) for p in written)})", flush=True)
     return md
 
 

@@ -2,17 +2,23 @@
 
 With generate.py and eval.py, the only place that knows about Hydra: it turns the composed
 DictConfig into plain dataclasses and hands them to the Trainer.
+
+The task function returns the run's final validation loss (summary.json's final_val_loss), the
+objective of `-m hydra/sweeper=optuna_tpe` searches (conf/hydra/sweeper/optuna_tpe.yaml).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -36,17 +42,32 @@ class JobFailed(CompactHydraException):
 
 
 @hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="config")
-def main(dict_cfg: DictConfig) -> None:
+def main(dict_cfg: DictConfig) -> Optional[float]:
+    """Train; the final validation loss (None without one, and on ranks other than 0).
+
+    Under an Optuna sweeper a run that cannot give a finite one raises JobFailed, which the sweeper
+    records as a failed trial and goes on; so does a diverged run's FloatingPointError."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    optuna = multirun and "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default=""))
     try:
         cfg = checked_config(dict_cfg)
+        if optuna and cfg.data.val_path is None:
+            raise ConfigError("data.val_path=null: the Optuna search minimises the final validation loss, so it "
+                              "needs a validation set (data.val_path=<file>, or auto with the sample corpus)")
         from zer02llm.trainer import Trainer  # torch is imported only once the config is known good
 
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
         # the Trainer writes it to config.yaml, once a checkpoint is accepted or a fresh start decided:
         # a refused resume leaves the run as it was
         Trainer(cfg, run_dir, resolved).fit()
+        if launched_rank() not in (None, 0):
+            return None
+        loss = final_val_loss(run_dir)
+        if optuna and (loss is None or not math.isfinite(loss)):
+            raise JobFailed(f"no finite final validation loss in {run_dir / 'summary.json'} (got {loss}): "
+                            f"the trial failed (did the run stop early, or diverge?)")
+        return loss
     except (ConfigError, DataError) as e:
         # a clear message instead of a traceback: nothing heavy has run yet
         log.error("%s", e)
@@ -61,6 +82,16 @@ def main(dict_cfg: DictConfig) -> None:
             from zer02llm import distributed
 
             distributed.shutdown()
+
+
+def final_val_loss(run_dir: Path) -> Optional[float]:
+    """summary.json's final_val_loss; None when the run wrote no summary (stopped by a signal) or had no
+    validation set."""
+    try:
+        value = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("final_val_loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def checked_config(dict_cfg: DictConfig) -> Config:

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from zer02llm import checkpoint as ckpt
 from zer02llm import distributed, interop
+from zer02llm.budget import plan_budget
 from zer02llm.config import Config, ConfigError
 from zer02llm.hardware import resolve_device, set_threads
 from zer02llm.data.sampler import BatchSampler
@@ -67,20 +68,12 @@ class Trainer:
         self.train_data, self.val_sets = self.objective.datasets()
         self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed,
                                     rank=self.env.rank, world_size=self.env.world_size)
-        steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
-        self.total_steps = (cfg.train.max_steps if cfg.train.max_steps > 0
-                            else math.ceil(cfg.train.epochs * steps_per_epoch))
-        if cfg.train.warmup_steps >= self.total_steps:
-            source = (f"train.max_steps={cfg.train.max_steps}" if cfg.train.max_steps > 0
-                      else f"train.epochs={cfg.train.epochs} x {steps_per_epoch} steps per epoch")
-            log.warning("train.warmup_steps=%d >= the run's %d steps (%s): the learning rate only warms up and "
-                        "the run ends at %.2e, never decaying (peak train.lr=%.2e): lower train.warmup_steps "
-                        "below %d or train longer", cfg.train.warmup_steps, self.total_steps, source,
-                        lr_at(self.total_steps - 1, cfg.train.lr, cfg.train.warmup_steps, self.total_steps,
-                              cfg.train.min_lr_ratio), cfg.train.lr, self.total_steps)
         self.lr_anchor: Anchor = None  # set when a resumed run's total_steps differs from its checkpoint's
 
         self.model = Transformer(cfg.model).to(self.device)
+        # the base model's (LoRA's adapters, added below, are not counted): the budget's and the summary's
+        self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
+        self.total_steps = self.plan_steps()
         if cfg.mode.init_from and interop.is_transformers_dir(cfg.mode.init_from):
             interop.load_transformers_weights(self.model, cfg.mode.init_from)  # config.json + safetensors
             log.info("initialised the weights from the transformers model %s", cfg.mode.init_from)
@@ -116,6 +109,31 @@ class Trainer:
         self.wandb_id: Optional[str] = None
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+
+    def plan_steps(self) -> int:
+        """The run's optimizer steps: from train.token_budget / flops_budget when set (compute-matched
+        sweeps), else train.max_steps, else train.epochs passes over the training data."""
+        cfg = self.cfg
+        steps_per_epoch = max(1, self.sampler.batches_per_epoch // cfg.train.grad_accum)
+        budget = plan_budget(cfg.train, tokens_per_step=cfg.train.batch_size * cfg.train.grad_accum *
+                             self.env.world_size * cfg.data.seq_len,
+                             flops_per_token=self.flops_per_token)
+        if budget is not None:
+            total_steps, source = budget.steps, "the budget"
+            log.info("%s", budget.describe(self.model.num_params(), self.model.num_params(exclude_embeddings=True),
+                                           cfg.train.max_steps))
+        elif cfg.train.max_steps > 0:
+            total_steps, source = cfg.train.max_steps, f"train.max_steps={cfg.train.max_steps}"
+        else:
+            total_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
+            source = f"train.epochs={cfg.train.epochs} x {steps_per_epoch} steps per epoch"
+        if cfg.train.warmup_steps >= total_steps:
+            log.warning("train.warmup_steps=%d >= the run's %d steps (%s): the learning rate only warms up and "
+                        "the run ends at %.2e, never decaying (peak train.lr=%.2e): lower train.warmup_steps "
+                        "below %d or train longer", cfg.train.warmup_steps, total_steps, source,
+                        lr_at(total_steps - 1, cfg.train.lr, cfg.train.warmup_steps, total_steps,
+                              cfg.train.min_lr_ratio), cfg.train.lr, total_steps)
+        return total_steps
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -402,7 +420,7 @@ class Trainer:
         plot = plot_losses(rows, self.run_dir / "loss.png")
         if plot:
             log.info("loss curves: %s", plot)
-        flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
+        flops_per_token = self.flops_per_token
         figures = {"model": cfg.model.name, "mode": cfg.mode.name, "steps": self.step,
                    "params": self.model.num_params(), "active_params": self.model.num_params(active=True),
                    "non_embedding_params": self.model.num_params(exclude_embeddings=True),
