@@ -284,7 +284,7 @@ class EvalConfig(SamplingOptions):
     """`python -m zer02llm.eval`: talk to a model, interactively or over a list of prompts."""
 
     # true: chat with the template (SFT models); false: plain continuation (pretrained models);
-    # null: chat when the checkpoint was trained with mode=sft
+    # null: chat when the checkpoint was trained with mode=sft or mode=dpo
     chat: Optional[bool] = None
     system_prompt: Optional[str] = None
     # earlier exchanges kept in the conversation (0: every prompt starts afresh)

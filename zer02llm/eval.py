@@ -45,7 +45,7 @@ class Session:
         self.loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile,
                                          cfg.threads)
         # the adapter's mode when adapter= gives one that records it (an SFT adapter on a pretrained base chats)
-        self.chat = cfg.chat if cfg.chat is not None else self.loaded.mode == "sft"
+        self.chat = cfg.chat if cfg.chat is not None else self.loaded.mode in ("sft", "dpo")
         max_seq_len = self.loaded.model.cfg.max_seq_len
         # the model never saw positions past the length it was trained on, however large max_seq_len is
         self.context_len = min(self.loaded.trained_seq_len or max_seq_len, max_seq_len)
