@@ -97,3 +97,33 @@ def test_resumed_sft_tokenization_equals_uninterrupted(tmp_path, tokenizer, monk
     assert (resumed.num_conversations, resumed.bad_lines) == (whole.num_conversations, whole.bad_lines) == (120, 1)
     for a, b in zip(whole.load(), resumed.load()):
         assert np.array_equal(a, b)
+
+
+def test_processes_that_miss_the_cache_together_build_it_once(tmp_path, tokenizer, monkeypatch):
+    """The ranks of a torchrun job (here: threads, each its own lock file handle) tokenizing one file into
+    one cache at once: one builds the entry, the others wait and read it; every one gets the same tokens.
+    (Without cache.entry_lock the builders share the .part files and crash.)"""
+    import threading
+
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 2000)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS * 3))
+    encoded, original = [], TextEncoder.encode
+    monkeypatch.setattr(TextEncoder, "encode", lambda self, items: encoded.append(len(items)) or original(self, items))
+    results, errors = [None] * 4, []
+
+    def rank(i: int) -> None:
+        try:
+            results[i] = tokenize_to_cache(path, tokenizer, tmp_path / "cache", progress=False).load().tolist()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    alone = tokenize_to_cache(path, tokenizer, tmp_path / "alone", progress=False).load().tolist()
+    assert all(r == alone for r in results)
+    assert sum(encoded) == 2 * len(TEXTS) * 3  # built once for the four, once alone

@@ -10,6 +10,7 @@ written last: its presence means the cache is complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, TextIO
+from typing import Any, Callable, Iterator, Optional, Protocol, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -141,16 +142,44 @@ class _Stage(threading.Thread):
 _END = object()
 
 
+@contextlib.contextmanager
+def entry_lock(meta_path: Path) -> Iterator[None]:
+    """Hold the cache entry's lock file: of the processes that miss the cache together (the ranks of a
+    torchrun job, two jobs of a sweep), one builds the entry while the others wait, then find it built."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with open(meta_path.with_name(meta_path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build(path: str | os.PathLike, files: dict[str, Path], meta_path: Path, encoder: Encoder, counts: dict[str, int],
           check: Callable[[dict[str, int], BadLines], None], strict: bool = False, progress: bool = True,
           text_column: str = "text", numbered: bool = False, head: Optional[dict[str, np.ndarray]] = None) -> dict:
     """Tokenize `path` into `files` (name -> path, one per encoder output) and write `meta_path`;
-    returns the meta (counts, bad lines). An existing partial build of the same key is resumed.
+    returns the meta (counts, bad lines). An existing partial build of the same key is resumed; one
+    that another process finished while this one waited for the entry's lock is taken as it is.
 
     `check(counts, bad)` raises DataError when the result is unusable (no document); `head`: arrays
     each file starts with (SFT's first offset).
     """
     check_readable(path)
+    with entry_lock(meta_path):
+        meta = from_cache(path, files, meta_path, strict)
+        if meta is not None:
+            return meta
+        return _build(path, files, meta_path, encoder, counts, check, strict, progress, text_column, numbered, head)
+
+
+def _build(path: str | os.PathLike, files: dict[str, Path], meta_path: Path, encoder: Encoder,
+           counts: dict[str, int], check: Callable[[dict[str, int], BadLines], None], strict: bool, progress: bool,
+           text_column: str, numbered: bool, head: Optional[dict[str, np.ndarray]]) -> dict:
     parts = {name: p.with_name(p.name + ".part") for name, p in files.items()}
     state_path = meta_path.with_name(meta_path.name + ".part")
     started = time.time()
