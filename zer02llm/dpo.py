@@ -103,6 +103,7 @@ class DPO(Objective):
 
     metric_names = METRICS
     fine_tunes = True
+    sample_name = "pair"
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, device: torch.device):
         super().__init__(cfg, tokenizer)

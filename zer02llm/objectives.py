@@ -51,6 +51,7 @@ class Objective:
     metric_names: tuple[str, ...] = ()
     # what the run starts from matters: warn when a fine-tuning mode starts from random weights
     fine_tunes = False
+    sample_name = "sequence"  # what one index of the dataset is, for the log
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer

@@ -98,7 +98,7 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
     if val:
         ax.plot(*zip(*val), "o-", label="validation", markersize=3)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel("loss (DPO: the preference loss)" if any("reward_margin" in r for r in rows) else "cross-entropy loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

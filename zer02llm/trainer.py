@@ -365,9 +365,10 @@ class Trainer:
         log.info("model %s: %.2fM parameters (%.2fM without embeddings%s), device %s, dtype %s", cfg.model.name,
                  n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, active, self.device,
                  str(self.dtype).replace("torch.", ""))
-        log.info("data (%s): %d training sequences of up to %d tokens; %d steps of %d x %d sequences",
-                 cfg.mode.name, len(self.train_data), cfg.data.seq_len, self.total_steps, cfg.train.grad_accum,
-                 cfg.train.batch_size)
+        sample = self.objective.sample_name
+        log.info("data (%s): %d training %ss of up to %d tokens; %d steps of %d x %d %ss", cfg.mode.name,
+                 len(self.train_data), sample, cfg.data.seq_len, self.total_steps, cfg.train.grad_accum,
+                 cfg.train.batch_size, sample)
         tracker = None
         if cfg.logger == "wandb" and self.env.is_main:
             tracker = WandbLogger(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, list(cfg.wandb.tags),
