@@ -17,7 +17,6 @@ No Hydra here: only the files Hydra and the trainer leave behind.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -61,6 +61,15 @@ def cache_key(path: str | os.PathLike, tokenizer: Tokenizer, extra: Optional[dic
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def entry_files(cache_dir: Optional[str | os.PathLike], stem: str, names: tuple[str, ...]
+                ) -> tuple[dict[str, Path], Path]:
+    """A cache entry of several arrays: ({name: <dir>/<stem>.<name>.bin}, <dir>/<stem>.json), the
+    directory made if needed (null: default_cache_dir())."""
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return {name: directory / f"{stem}.{name}.bin" for name in names}, directory / f"{stem}.json"
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)

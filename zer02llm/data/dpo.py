@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from zer02llm.data.cache import build, cache_key, default_cache_dir, from_cache, token_dtype
+from zer02llm.data.cache import build, cache_key, entry_files, from_cache, token_dtype
 from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable
 from zer02llm.data.sft import (ChatTemplate, Message, TemplateError, TemplateRenderError, next_token_targets,
                                parse_sft)
@@ -191,13 +191,9 @@ def tokenize_dpo_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_d
     `strict`; a file without a usable pair is a DataError."""
     check_readable(path)
     template = ChatTemplate(tokenizer)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     key = cache_key(path, tokenizer, extra={"dpo_format": DPO_CACHE_FORMAT, "template": template.fingerprint})
-    stem = cache_dir / f"{Path(path).stem}-dpo-{key}"
-    files = {name: stem.with_name(f"{stem.name}.{name}.bin") for name in ("tokens", "mask", "offsets")}
-    meta_path = stem.with_name(f"{stem.name}.json")
+    files, meta_path = entry_files(cache_dir, f"{Path(path).stem}-dpo-{key}", ("tokens", "mask", "offsets"))
     meta = from_cache(path, files, meta_path, strict)
     if meta is not None:
         log.info("DPO tokens of %s from cache %s (%d pairs, %d tokens)", path, files["tokens"], meta["num_pairs"],

@@ -30,7 +30,7 @@ from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from zer02llm.data.cache import build, cache_key, default_cache_dir, from_cache, token_dtype
+from zer02llm.data.cache import build, cache_key, entry_files, from_cache, token_dtype
 from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable, check_unicode
 from zer02llm.model.transformer import IGNORE_INDEX
 from zer02llm.tokenizer import Tokenizer
@@ -336,13 +336,9 @@ def tokenize_sft_to_cache(path: str | os.PathLike, tokenizer: Tokenizer, cache_d
     """
     check_readable(path)
     template = ChatTemplate(tokenizer)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     key = cache_key(path, tokenizer, extra={"sft_format": SFT_CACHE_FORMAT, "template": template.fingerprint})
-    stem = cache_dir / f"{Path(path).stem}-{key}"
-    files = {name: stem.with_name(f"{stem.name}.{name}.bin") for name in ("tokens", "mask", "offsets")}
-    meta_path = stem.with_name(f"{stem.name}.json")
+    files, meta_path = entry_files(cache_dir, f"{Path(path).stem}-{key}", ("tokens", "mask", "offsets"))
     meta = from_cache(path, files, meta_path, strict)
     if meta is not None:
         log.info("SFT tokens of %s from cache %s (%d conversations, %d tokens)", path, files["tokens"],
