@@ -28,8 +28,8 @@ import torch
 
 from zer02llm.data.cache import build, cache_key, entry_files, from_cache, token_dtype
 from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable
-from zer02llm.data.sft import (ChatTemplate, Message, TemplateError, TemplateRenderError, next_token_targets,
-                               parse_sft)
+from zer02llm.data.sft import (ChatTemplate, ConversationEncoder, Message, TemplateError, TemplateRenderError,
+                               join_pieces, next_token_targets, parse_sft)
 from zer02llm.model.transformer import IGNORE_INDEX
 from zer02llm.tokenizer import Tokenizer
 
@@ -88,20 +88,10 @@ def final_turn_only(pieces: Pieces) -> Pieces:
     return [(text, supervised and i == last) for i, (text, supervised) in enumerate(pieces)]
 
 
-def join(pieces: Pieces, encoded: Sequence[list[int]]) -> tuple[list[int], list[bool]]:
-    """The ids of each piece (tokenized on its own, as SFT does) one after another, and their flags."""
-    ids: list[int] = []
-    flags: list[bool] = []
-    for (_, supervised), piece_ids in zip(pieces, encoded):
-        ids += piece_ids
-        flags += [supervised] * len(piece_ids)
-    return ids, flags
-
-
 def encode_side(template: ChatTemplate, messages: Sequence[Message]) -> tuple[list[int], list[bool]]:
     """Token ids and supervision flags of one side as the cache holds them (SFT's, final answer only)."""
     pieces = final_turn_only(template.segments(messages))
-    ids, flags = join(pieces, template.tokenizer.encode_batch([text for text, _ in pieces]))
+    ids, flags = join_pieces(pieces, template.tokenizer.encode_batch([text for text, _ in pieces]))
     template.check(ids, pieces)
     return ids, flags
 
@@ -130,15 +120,9 @@ class PairTokenFile:
                 np.memmap(self.offsets_path, dtype=np.int64, mode="r", shape=(2 * self.num_pairs + 1,)))
 
 
-class PairEncoder:
+class PairEncoder(ConversationEncoder):
     """DPO records -> tokens, mask and offsets (cache.Encoder): both sides' pieces of a whole chunk in one
-    encode_batch call, each side checked to decode to its render."""
-
-    outputs = ("tokens", "mask", "offsets")
-
-    def __init__(self, template: ChatTemplate, path: str | os.PathLike, strict: bool):
-        self.template, self.path, self.strict = template, path, strict
-        self.dtype = token_dtype(template.tokenizer.vocab_size)
+    encode_batch call, each side checked to decode to its render (SFT's encoder, two sides a record)."""
 
     def parse(self, record: Any) -> tuple[Pieces, Pieces]:
         chosen, rejected = parse_pair(record)
@@ -162,16 +146,13 @@ class PairEncoder:
         for line_no, pair in items:
             sides = []
             for pieces in pair:
-                sides.append((*join(pieces, ids_of_pieces[k:k + len(pieces)]), pieces))
+                sides.append((*join_pieces(pieces, ids_of_pieces[k:k + len(pieces)]), pieces))
                 k += len(pieces)
             try:
                 for side_ids, _, pieces in sides:
                     self.template.check(side_ids, pieces)
             except TemplateError as e:
-                if self.strict:
-                    raise DataError(f"{self.path}:{line_no}: {e} (data.strict=true; set it false to skip such "
-                                    f"lines)") from e
-                bad.add(line_no, str(e))
+                self.skip(line_no, e, bad)
                 continue
             for side_ids, side_mask, _ in sides:
                 ids += side_ids

@@ -220,7 +220,7 @@ class ChatTemplate:
         """
         pieces = self.segments(messages, add_generation_prompt)
         encoded = self.tokenizer.encode_batch([text for text, _ in pieces])
-        ids, supervised = _join(pieces, encoded)
+        ids, supervised = join_pieces(pieces, encoded)
         self.check(ids, pieces)
         return ids, supervised
 
@@ -234,7 +234,8 @@ class ChatTemplate:
                                 f"character {at}: {decoded[at:at + 30]!r} vs {text[at:at + 30]!r})")
 
 
-def _join(pieces: Sequence[tuple[str, bool]], encoded: Sequence[list[int]]) -> tuple[list[int], list[bool]]:
+def join_pieces(pieces: Sequence[tuple[str, bool]], encoded: Sequence[list[int]]) -> tuple[list[int], list[bool]]:
+    """The ids of each piece (tokenized on its own) one after another, and each id's supervised flag."""
     ids: list[int] = []
     supervised: list[bool] = []
     for (_, flag), piece_ids in zip(pieces, encoded):
@@ -294,6 +295,13 @@ class ConversationEncoder:
         except TemplateRenderError as e:
             raise BadLine(e.reason) from None
 
+    def skip(self, line_no: int, error: TemplateError, bad: BadLines) -> None:
+        """A record whose tokens do not decode to its render: counted, or fatal with data.strict=true."""
+        if self.strict:
+            raise DataError(f"{self.path}:{line_no}: {error} (data.strict=true; set it false to skip such "
+                            f"lines)") from error
+        bad.add(line_no, str(error))
+
     def encode(self, items: list[tuple[int, list[tuple[str, bool]]]]) -> tuple[list, list[list[int]]]:
         return items, self.template.tokenizer.encode_batch([text for _, pieces in items for text, _ in pieces])
 
@@ -305,15 +313,12 @@ class ConversationEncoder:
         offsets: list[int] = []
         k = 0
         for line_no, pieces in items:
-            conv_ids, conv_mask = _join(pieces, ids_of_pieces[k:k + len(pieces)])
+            conv_ids, conv_mask = join_pieces(pieces, ids_of_pieces[k:k + len(pieces)])
             k += len(pieces)
             try:
                 self.template.check(conv_ids, pieces)
             except TemplateError as e:
-                if self.strict:
-                    raise DataError(f"{self.path}:{line_no}: {e} (data.strict=true; set it false to skip such "
-                                    f"lines)") from e
-                bad.add(line_no, str(e))
+                self.skip(line_no, e, bad)
                 continue
             ids += conv_ids
             mask += conv_mask
