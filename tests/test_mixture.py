@@ -120,6 +120,8 @@ def test_source_tokens_counts_targets_per_source():
     expected = Counter(sources_of(data, indices))
     names = ["web", "books", "code"]
     assert data.source_tokens(indices) == {names[s]: expected[s] * SEQ for s in range(3)}
+    # the trainer hands in the batch it built: the same counts, without building it again
+    assert data.source_tokens(indices, data.batch(indices)[1]) == data.source_tokens(indices)
 
 
 def test_concat_pads_rows_of_different_widths():

@@ -158,7 +158,7 @@ class Trainer:
         set_lr(self.optimizer, lr, train.lr)  # each param group at its own base lr (optim=muon: Muon's)
         indices = [self.sampler.next_batch() for _ in range(train.grad_accum)]
         batches = [self.train_data.batch(i) for i in indices]
-        self.count_source_tokens(indices)
+        self.count_source_tokens(indices, batches)
         # every unit of the step (a target token, a pair), on every rank, weighs the same, however the
         # micro-batches' counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
         counts = [self.objective.counts(batch) for batch in batches]
@@ -199,14 +199,14 @@ class Trainer:
             sums["dropped_tokens"] = sums["dropped_tokens"] * train.grad_accum  # a count: summed, not averaged
         return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": tokens}
 
-    def count_source_tokens(self, indices: list[Any]) -> None:
+    def count_source_tokens(self, indices: list[Any], batches: list[Batch]) -> None:
         """A mixture's tokens seen per source (all ranks'), for the metrics rows and the summary."""
         source_tokens = getattr(self.train_data, "source_tokens", None)
         if source_tokens is None:
             return
         step: dict[str, int] = {}
-        for batch_indices in indices:
-            for name, n in source_tokens(batch_indices).items():
+        for batch_indices, batch in zip(indices, batches):
+            for name, n in source_tokens(batch_indices, batch[1]).items():
                 step[name] = step.get(name, 0) + n
         if self.env.enabled:
             summed = distributed.all_reduce_sum(torch.tensor(list(step.values()), device=self.device)).tolist()

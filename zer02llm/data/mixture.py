@@ -128,15 +128,11 @@ class MixtureDataset:
     def batch(self, indices: Any) -> tuple[torch.Tensor, ...]:
         return _gather(self.parts, *self.locate(indices), self.pad_values)
 
-    def source_tokens(self, indices: Any) -> dict[str, int]:
-        """Target tokens of each source in the batch of `indices` (for a log of each source's tokens seen)."""
-        source, window = self.locate(indices)
-        counts = {}
-        for s, name in enumerate(self.names):
-            rows = window[source == s]
-            part = self.parts[s]
-            if part.fixed_targets and getattr(part, "seq_len", None):
-                counts[name] = len(rows) * part.seq_len
-            else:
-                counts[name] = int((part.batch(torch.from_numpy(rows))[1] != IGNORE_INDEX).sum()) if len(rows) else 0
-        return counts
+    def source_tokens(self, indices: Any, targets: Optional[torch.Tensor] = None) -> dict[str, int]:
+        """Target tokens of each source in the batch of `indices` (for a log of each source's tokens seen);
+        `targets`: that batch's, when the caller has built it already (the trainer), so it is not built twice."""
+        if targets is None:
+            targets = self.batch(indices)[1]
+        source = torch.from_numpy(self.locate(indices)[0])
+        counted = (targets != IGNORE_INDEX).sum(dim=1)  # per row
+        return {name: int(counted[source == s].sum()) for s, name in enumerate(self.names)}
