@@ -235,3 +235,10 @@ def test_a_list_of_files_on_the_command_line_trains_on_both(tmp_path):
                                Tokenizer.load(), seed=0)[0]) for path in (first, second)]
     log = result.stdout + result.stderr
     assert f"{sum(alone)} training sequences" in log, log[-2000:]
+
+
+def test_a_mixture_for_dpo_is_refused_before_any_work(tmp_path):
+    cfg = OmegaConf.to_object(compose(["mode=dpo", f"mode.init_from={tmp_path}"]))
+    cfg.data.mixture = {"web": {"path": write_corpus(tmp_path / "w.jsonl", 3, "w"), "weight": 1}}
+    with pytest.raises(ConfigError, match=r"data.mixture is for mode=pretrain and mode=sft, not mode=dpo"):
+        validate(cfg, check_files=False)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from zer02llm.config import Config, ConfigError
+from zer02llm.config import Config
 from zer02llm.data.inputs import pretrain_data, sft_data
 from zer02llm.data.spec import resolve
 from zer02llm.evaluation import evaluate
@@ -58,10 +58,8 @@ class Objective:
 
     def datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         """The training set and the validation sets by name ("val": the one of data.val_path; a mixture's
-        sources by their names). Here: one input, no mixture, each built by dataset()."""
-        if self.cfg.data.mixture is not None:
-            raise ConfigError(f"data.mixture: mode={self.cfg.mode.name} reads one input (data.train_path: a file, "
-                              f"directory, glob or list); mixtures are for mode=pretrain and mode=sft")
+        sources by their names). Here: one input, each built by dataset(); validate() has refused
+        data.mixture for the modes that take this path."""
         sources, vals = resolve(self.cfg.data, self.cfg.mode.name)
         return (self.dataset(sources["train"].path, "data.train_path"),
                 {name: self.dataset(path, "data.val_path") for name, path in vals.items()})
