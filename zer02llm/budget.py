@@ -7,6 +7,10 @@ FLOPs are training FLOPs, `flops_per_token x tokens`, with the formula the bench
 (Transformer.flops_per_token, scripts/bench.py): 6 * N_matmul + 12 * n_layers * dim * seq_len per
 token. A budget decides the step count on its own: train.max_steps and train.epochs are then not
 read (the start-of-run line says so). Pure arithmetic: no torch, no Hydra.
+
+A step is counted as batch_size x grad_accum x world_size x seq_len tokens: exact for packed pretraining;
+for SFT and DPO, whose padded batches train on fewer target tokens, the budget is an upper bound
+(summary.json's `tokens` and `flops` then count the tokens really trained on: the supervised ones).
 """
 
 from __future__ import annotations
