@@ -5,7 +5,7 @@ architecture in Hugging Face transformers (LlamaForCausalLM). It prints figures;
 Training: random token batches (batch, seq) from a fixed seed; one step = forward + loss + backward
 + clip-grad-norm(1.0) + AdamW step + zero_grad, under autocast when --dtype is not float32. The peer
 starts from a copy of our initial weights, sees the same batches (labels = input_ids, shifted inside
-transformers; ours gets the same shift) and the same optimizer (zer02llm.trainer.build_optimizer), so
+transformers; ours gets the same shift) and the same optimizer (zer02llm.training.trainer.build_optimizer), so
 the initial losses and the greedy generations should agree.
 
     MFU = tokens/s * flops_per_token / peak FLOP/s
@@ -54,8 +54,8 @@ except ImportError:  # a checkout that is not pip-installed
 
 from zer02llm.config import Config, ModelConfig, MoEConfig, model_problems
 from zer02llm.model import IGNORE_INDEX, Transformer
-from zer02llm.sampling import SamplingParams, StaticDecoder, generate
-from zer02llm.optim import build_optimizer
+from zer02llm.inference.sampling import SamplingParams, StaticDecoder, generate
+from zer02llm.training.optim import build_optimizer
 
 SEED = 0
 PROMPT_LEN = 16

@@ -24,7 +24,7 @@ other windows: the trainer evaluates those runs' final step too, reported apart 
 A recipe trained with data.document_mask=true is evaluated with its document mask, as the trainer does.
 
     val loss        mean next-token loss (nats) over every target of the windows
-    val bpb         bits per UTF-8 byte of the text targets (zer02llm/evaluation.py)
+    val bpb         bits per UTF-8 byte of the text targets (zer02llm/training/validation.py)
     first-8 / rest  mean loss on the targets at document positions 1..8 (after a bos in the same window:
                     zer02llm.data.packing.first_positions_mask) / on every other target
     steps to base   the step at which the recipe's val loss first falls to the final val loss of the
@@ -75,8 +75,8 @@ except ImportError:  # a checkout that is not pip-installed
 from zer02llm.checkpoint import list_checkpoints, read_checkpoint_config
 from zer02llm.data.packing import first_positions_mask, pretrain_dataset
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
-from zer02llm.evaluation import metrics_from_sums, token_losses
-from zer02llm.inference import load_for_inference
+from zer02llm.training.validation import metrics_from_sums, token_losses
+from zer02llm.inference.loading import load_for_inference
 from zer02llm.model import IGNORE_INDEX, document_ids
 from zer02llm.resources import REPO_DIR, sample_data_path, shipped_path
 from zer02llm.tokenizer import Tokenizer
@@ -367,7 +367,7 @@ def train_seconds(rows: list[dict[str, Any]]) -> dict[int, float]:
 @torch.no_grad()
 def evaluate_positions(model: torch.nn.Module, dataset: PackedDataset, byte_lengths: torch.Tensor, bos_id: int,
                        eos_id: int, document_mask: bool) -> dict[str, float]:
-    """val_loss, val_bpb (as zer02llm.evaluation computes them) and the mean loss on the first
+    """val_loss, val_bpb (as zer02llm.training.validation computes them) and the mean loss on the first
     FIRST_POSITIONS targets of each document against every other target, over all of `dataset`."""
     sums = torch.zeros(4, dtype=torch.float64)  # evaluation.loss_sums' four figures
     split = torch.zeros(4, dtype=torch.float64)  # first: loss, count; rest: loss, count

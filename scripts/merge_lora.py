@@ -23,7 +23,7 @@ except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zer02llm.checkpoint import export_model, read_checkpoint_config
-from zer02llm.inference import load_for_inference
+from zer02llm.inference.loading import load_for_inference
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from zer02llm.cli import hydra_quote, quote_text_overrides
-from zer02llm.config import Config, ConfigError, ModelConfig, validate
+from zer02llm.config import Config, ConfigError, ModelConfig
+from zer02llm.training.preflight import validate_run
 from zer02llm.hardware import resolve_device
 
 from conftest import REPO, TINY, compose, run_module
@@ -42,7 +43,7 @@ def test_default_composition_is_the_cpu_preset_of_the_dense_model():
     assert (m.n_kv_heads, m.vocab_size, m.rope_theta, m.norm_eps, m.dropout, m.tie_embeddings) == \
         (2, 6400, 1e6, 1e-5, 0.0, True)
     assert m.ffn_dim == 64 * math.ceil(8 * 128 / 3 / 64)
-    validate(cfg)
+    validate_run(cfg)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -53,10 +54,10 @@ def test_gpu_presets_carry_the_seed_numbers(preset):
     assert cfg.model.n_heads == 8 and cfg.hardware.device == "cuda" and cfg.hardware.dtype == "auto"
     assert cfg.hardware.compile  # GPU presets compile by default
     if torch.cuda.is_available():
-        validate(cfg)
+        validate_run(cfg)
     else:  # valid but for the missing GPU, which validation names with the other problems
         with pytest.raises(ConfigError) as info:
-            validate(cfg)
+            validate_run(cfg)
         assert str(info.value).count("\n  - ") == 1 and "needs a CUDA GPU" in str(info.value)
 
 
@@ -95,13 +96,13 @@ def test_command_line_overrides_beat_presets():
 ])
 def test_bad_values_are_refused_with_key_and_value(overrides, expected):
     with pytest.raises(ConfigError) as info:
-        validate(to_config(overrides))
+        validate_run(to_config(overrides))
     assert expected in str(info.value)
 
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as info:
-        validate(to_config(["model.n_layers=0", "train.lr=-1", "logger=x"]))
+        validate_run(to_config(["model.n_layers=0", "train.lr=-1", "logger=x"]))
     message = str(info.value)
     assert "model.n_layers" in message and "train.lr" in message and "logger" in message
 

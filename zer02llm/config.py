@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -82,7 +81,7 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
 
 
 MODES = ("pretrain", "sft", "dpo")
-DPO_LOSSES = ("sigmoid", "ipo")  # built by zer02llm/dpo.py
+DPO_LOSSES = ("sigmoid", "ipo")  # built by zer02llm/training/dpo.py
 PACKINGS = ("concat", "bos_aligned")  # built by zer02llm/data/packing.py
 
 
@@ -166,7 +165,7 @@ class TrainConfig:
     # optimizer steps; -1: as many as `epochs` passes over the training data take
     max_steps: int = -1
     epochs: float = 1.0
-    # compute-matched runs (zer02llm/budget.py): the steps come from a budget instead, rounded to the
+    # compute-matched runs (zer02llm/training/budget.py): the steps come from a budget instead, rounded to the
     # nearest whole step, and max_steps/epochs are not read. token_budget: tokens to train on (one step
     # trains batch_size x grad_accum x world_size x seq_len); flops_budget: training FLOPs, flops_per_token
     # x tokens (6 * N_matmul + 12 * n_layers * dim * seq_len per token, scripts/bench.py). At most one; null: off
@@ -505,12 +504,10 @@ def device_problems(hardware: HardwareConfig) -> list[str]:
             f"to fall back to the CPU"]
 
 
-def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()) -> None:
-    """Raise ConfigError listing every bad value before anything heavy happens.
-
-    `problems`: found before, e.g. by undeclared_keys() on the composed config, reported with the rest.
-    """
-    problems = list(problems) + model_problems(cfg.model)
+def config_problems(cfg: Config) -> list[str]:
+    """Every bad value of `cfg` that the values alone show; the files they name are checked by
+    zer02llm.training.preflight.validate_run, which reports both together."""
+    problems = model_problems(cfg.model)
     train, data = cfg.train, cfg.data
     _require_positive(
         problems,
@@ -562,9 +559,6 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
     problems += device_problems(cfg.hardware)
     if data.packing not in PACKINGS:
         problems.append(f"data.packing={data.packing!r}: must be one of {', '.join(PACKINGS)}")
-    from zer02llm.data.spec import mixture_problems  # stdlib (and yaml) only
-
-    problems += mixture_problems(data, cfg.mode.name, check_files)
     if cfg.mode.name in ("sft", "dpo"):
         for key, value, default in (("data.packing", data.packing, "concat"),
                                     ("data.document_mask", data.document_mask, False)):
@@ -590,28 +584,13 @@ def validate(cfg: Config, check_files: bool = True, problems: Sequence[str] = ()
     problems += optim_problems(cfg.optim, cfg.distributed)
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
-    if check_files:
-        from zer02llm.data.sources import file_problems  # stdlib only: still nothing heavy imported
+    return problems
 
-        val_path = None if data.val_path == "auto" else data.val_path
-        for key, path in {"data.train_path": data.train_path, "data.val_path": val_path}.items():
-            if path is not None:
-                problems += file_problems(key, path)
-        tokenizer_path = cfg.tokenizer.path
-        if tokenizer_path is not None and os.path.isfile(tokenizer_path):
-            problems.append(f"tokenizer.path={tokenizer_path} is a file: give the directory that holds tokenizer.json"
-                            f" (and tokenizer_config.json), e.g. {os.path.dirname(tokenizer_path) or '.'}")
-        elif tokenizer_path is not None and not os.path.isfile(os.path.join(tokenizer_path, "tokenizer.json")):
-            problems.append(f"tokenizer.path={tokenizer_path}: no tokenizer.json in that directory")
-        if cfg.mode.init_from is not None and not os.path.exists(cfg.mode.init_from):
-            problems.append(f"mode.init_from={cfg.mode.init_from}: no such checkpoint or run directory")
-        elif cfg.mode.init_from is not None:
-            from zer02llm.interop import init_from_problems  # a transformers directory's config.json (no torch)
 
-            problems += init_from_problems(cfg.mode.init_from, cfg.model)
-        resume = train.resume
-        if resume not in (None, "auto") and not os.path.isdir(resume):
-            problems.append(f"train.resume={resume}: no such checkpoint directory (or use 'auto')")
+def validate(cfg: Config, problems: Sequence[str] = ()) -> None:
+    """Raise ConfigError listing every bad value (and `problems` found before, e.g. by undeclared_keys()
+    on the composed config) before anything heavy happens."""
+    problems = list(problems) + config_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 

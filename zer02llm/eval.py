@@ -36,7 +36,7 @@ class Session:
     """
 
     def __init__(self, cfg: EvalConfig, write: Callable[[str], None], note: Callable[[str], None] = _to_stderr):
-        from zer02llm.inference import check_sampling, load_for_inference, make_generator
+        from zer02llm.inference.loading import check_sampling, load_for_inference, make_generator
 
         self.cfg, self.write, self.note = cfg, write, note
         self.params = check_sampling(cfg)
@@ -82,7 +82,7 @@ class Session:
 
     def reply(self, text: str) -> dict:
         """Answer one prompt (streaming when cfg.stream) and return the JSONL record."""
-        from zer02llm.inference import stream_reply, truncation_note
+        from zer02llm.inference.loading import stream_reply, truncation_note
 
         ids, kept = self.fit(text)
         if len(kept) < len(self.history):

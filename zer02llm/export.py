@@ -55,9 +55,9 @@ def run(cfg: ExportConfig) -> Path:
     import torch
 
     from zer02llm import checkpoint as ckpt
-    from zer02llm import interop
+    from zer02llm.interop import transformers as interop
     from zer02llm.config import model_config_from_dict
-    from zer02llm.inference import load_for_inference
+    from zer02llm.inference.loading import load_for_inference
 
     checkpoint, output = check_options(cfg)
     saved = ckpt.read_checkpoint_config(checkpoint)

@@ -15,7 +15,7 @@ register_configs()
 
 def run(cfg: GenerateConfig) -> str:
     """Generate for cfg.prompt, streaming to stdout when cfg.stream; returns the generated text."""
-    from zer02llm.inference import check_sampling, load_for_inference, make_generator, stream_reply, truncation_note
+    from zer02llm.inference.loading import check_sampling, load_for_inference, make_generator, stream_reply, truncation_note
 
     params = check_sampling(cfg)
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile, cfg.threads)

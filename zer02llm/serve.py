@@ -3,7 +3,7 @@
 GET /v1/models, POST /v1/chat/completions (messages rendered with the chat template, as eval's chat mode),
 POST /v1/completions (plain continuation, as eval's continuation mode), each with `stream` as server-sent
 events in OpenAI's chunk format; GET /health tells the slots in use. FastAPI and uvicorn are an extra
-(`pip install -e ".[serve]"`), imported only when the server starts; the engine is zer02llm/serving.py.
+(`pip install -e ".[serve]"`), imported only when the server starts; the engine is zer02llm/inference/serving.py.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time,
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides, run_reporting_errors
 from zer02llm.config import ConfigError, ServeConfig, register_configs
-from zer02llm.serving import (Engine, Finished, Job, RequestError, chat_messages, check_body, check_prompt_length,
+from zer02llm.inference.serving import (Engine, Finished, Job, RequestError, chat_messages, check_body, check_prompt_length,
                               completion_prompt, make_job)
 
 register_configs()
@@ -240,7 +240,7 @@ def create_app(engine: Engine, model_name: str) -> Any:
 
 def make_server(cfg: ServeConfig) -> Any:
     """A uvicorn.Server ready to run the API for cfg (checked, model loaded); its app holds the Engine."""
-    from zer02llm.inference import check_sampling, load_for_inference
+    from zer02llm.inference.loading import check_sampling, load_for_inference
 
     _, uvicorn = import_web()  # before the model loads: a missing extra is the first thing said
     check_config(cfg)

@@ -27,7 +27,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zer02llm.cli import check_printed_config, quote_text_overrides, unknown_override_keys
-from zer02llm.config import Config, ConfigError, MoEConfig, register_configs, undeclared_keys, validate
+from zer02llm.config import Config, ConfigError, MoEConfig, register_configs, undeclared_keys
+from zer02llm.training.preflight import validate_run
 from zer02llm.data.jsonl import DataError
 from zer02llm.resources import shipped_path
 
@@ -55,7 +56,7 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         if optuna and cfg.data.val_path is None:
             raise ConfigError("data.val_path=null: the Optuna search minimises the final validation loss, so it "
                               "needs a validation set (data.val_path=<file>, or auto with the sample corpus)")
-        from zer02llm.trainer import Trainer  # torch is imported only once the config is known good
+        from zer02llm.training.trainer import Trainer  # torch is imported only once the config is known good
 
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
         # the Trainer writes it to config.yaml, once a checkpoint is accepted or a fresh start decided:
@@ -79,7 +80,7 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         sys.exit(130)
     finally:
         if "torch" in sys.modules:
-            from zer02llm import distributed
+            from zer02llm.training import distributed
 
             distributed.shutdown()
 
@@ -98,7 +99,7 @@ def checked_config(dict_cfg: DictConfig) -> Config:
     """The composed config as dataclasses, or a ConfigError listing every problem (unknown keys included)."""
     unknown = undeclared_keys(dict_cfg)
     cfg: Config = OmegaConf.to_object(dict_cfg)
-    validate(cfg, problems=unknown)
+    validate_run(cfg, problems=unknown)
     return cfg
 
 
@@ -123,7 +124,7 @@ def launched_rank() -> int | None:
     """The rank a launcher gave this process (torchrun, SLURM), without importing torch yet."""
     if "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         return None
-    from zer02llm.distributed import rank_from_env
+    from zer02llm.training.distributed import rank_from_env
 
     return rank_from_env()
 

@@ -7,9 +7,8 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Optional
 
-T = TypeVar("T")
 MAX_REPORTED = 5  # line numbers kept for the report
 
 # (name, magic bytes, usual suffixes) of compressed formats people hand us instead of JSONL
@@ -127,26 +126,6 @@ def check_readable(path: str | os.PathLike, what: str = "data file") -> None:
         raise DataError(f"{what} {path} is not a regular file: expected a JSONL file, one JSON object per line")
     if os.path.getsize(path) == 0:
         raise DataError(f"{what} {path} is empty: expected one JSON object per line")
-
-
-def iter_records(path: str | os.PathLike, parse: Callable[[Any], T], bad: BadLines, strict: bool = False,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[T]:
-    """Yield parse(record) for each good record of one data file (JSONL, .jsonl.gz, .jsonl.zst or
-    Parquet); count the rest in `bad` (or raise DataError when strict).
-
-    Blank lines are ignored silently; invalid UTF-8, invalid JSON and records that `parse` rejects
-    with BadLine are malformed. `on_bytes` is told how many bytes of the file each chunk took (progress bars).
-    """
-    from zer02llm.data.sources import read_chunks  # it imports this module
-
-    check_readable(path)
-    done = 0
-    for chunk in read_chunks(path, parse, strict=strict):
-        bad.merge(chunk.bad)
-        if on_bytes is not None:
-            on_bytes(chunk.file_bytes - done)
-            done = chunk.file_bytes
-        yield from chunk.items
 
 
 def parse_pretrain(obj: Any, text_column: str = "text") -> str:

@@ -17,9 +17,11 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional, TypeVar
 
-from zer02llm.data.jsonl import BadLine, BadLines, DataError, unsupported_input
+from zer02llm.data.jsonl import BadLine, BadLines, DataError, check_readable, unsupported_input
+
+T = TypeVar("T")
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")  # the files a directory contributes
 BLOCK = 1 << 20  # bytes read (or decompressed) at a time
@@ -304,3 +306,21 @@ def _parquet_chunks(path: Any, parse: Callable[[Any], Any], strict: bool, start:
             yield Chunk(items, Position(0, row), size * row // max(meta.num_rows, 1), bad)
         done_rows += rows
     yield Chunk([], Position(0, row), size, BadLines())
+
+
+def iter_records(path: str | os.PathLike, parse: Callable[[Any], T], bad: BadLines, strict: bool = False,
+                 on_bytes: Callable[[int], None] | None = None) -> Iterator[T]:
+    """Yield parse(record) for each good record of one data file (JSONL, .jsonl.gz, .jsonl.zst or
+    Parquet); count the rest in `bad` (or raise DataError when strict).
+
+    Blank lines are ignored silently; invalid UTF-8, invalid JSON and records that `parse` rejects
+    with BadLine are malformed. `on_bytes` is told how many bytes of the file each chunk took (progress bars).
+    """
+    check_readable(path)
+    done = 0
+    for chunk in read_chunks(path, parse, strict=strict):
+        bad.merge(chunk.bad)
+        if on_bytes is not None:
+            on_bytes(chunk.file_bytes - done)
+            done = chunk.file_bytes
+        yield from chunk.items

@@ -1,0 +1,348 @@
+"""`python -m zer02llm.serve`: the OpenAI API, spoken to with the official `openai` client.
+
+The server runs in a thread of this process (the same make_server the command runs), so a test can slow
+down or break `sampling.generate` under it; one test starts the real command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the serve tests talk through the openai client: pip install -e '.[dev]'")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi", reason='the server needs its extra: pip install -e ".[serve]"')
+
+from zer02llm import eval as eval_cli  # noqa: E402
+from zer02llm import serve  # noqa: E402
+from zer02llm.inference import sampling
+from zer02llm.config import ConfigError, EvalConfig, ServeConfig  # noqa: E402
+from zer02llm.inference.serving import StopMatcher  # noqa: E402
+from zer02llm.tokenizer import Tokenizer  # noqa: E402
+
+from conftest import TINY, run_module  # noqa: E402
+
+MAX_SEQ_LEN = 256
+PROMPTS = ["你好", "What colour is a frog?", "一加一等于几？", "Tell me a story.", "Hi", "星期三，天气很好",
+           "Why is the sky blue?", "小明有三个苹果"]
+CHINESE = "小明在公园里看见了一只黄色的小狗，🐶很高兴！"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny SFT run from scratch: enough to answer with varied text, some replies ending at end of turn."""
+    work = tmp_path_factory.mktemp("serve")
+    run_module("zer02llm.train", [*TINY, "mode=sft", f"model.max_seq_len={MAX_SEQ_LEN}", "data.seq_len=64",
+                                  "train.batch_size=8", "train.max_steps=150", "train.lr=5e-3",
+                                  "train.eval_interval=500", "hydra.run.dir=tinychat"], cwd=work)
+    return work / "tinychat"
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    """The API on a free localhost port (port=0: the OS picks), stopped after the module."""
+    srv = serve.make_server(ServeConfig(checkpoint=str(checkpoint), port=0, slots=2, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "engine": srv.config.app.state.engine}
+    srv.should_exit = True
+    thread.join(15)
+    srv.config.app.state.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def chat_session(checkpoint):
+    """eval's chat mode, in this process: the reference the server must equal."""
+    return eval_cli.Session(EvalConfig(checkpoint=str(checkpoint), chat=True, temperature=0.0, max_new_tokens=40,
+                                       stream=False), write=lambda text: None, note=lambda text: None)
+
+
+def stream_chat(client, prompt: str, **kwargs) -> tuple[list[str], str, object]:
+    """(content pieces, finish_reason, usage) of a streamed chat completion."""
+    pieces, finish, usage = [], None, None
+    for chunk in client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": prompt}],
+                                                stream=True, **kwargs):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    return pieces, finish, usage
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def health(server) -> dict:
+    return httpx.get(server["url"] + "/health").json()
+
+
+def test_models_lists_the_run_directory_name(client):
+    assert [m.id for m in client.models.list().data] == ["tinychat"]
+    assert client.models.retrieve("tinychat").id == "tinychat"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_chat_equals_eval_token_for_token_streaming_or_not(client, chat_session):
+    finishes = set()
+    for prompt in PROMPTS[:4]:
+        expected = chat_session.reply(prompt)
+        answer = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": prompt}],
+                                                temperature=0, max_tokens=40)
+        assert answer.choices[0].message.content == expected["response"]
+        assert answer.choices[0].finish_reason == expected["finish_reason"]
+        prompt_tokens = len(chat_session.prompt_ids(prompt))
+        assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == \
+            (prompt_tokens, expected["tokens"], prompt_tokens + expected["tokens"])
+        pieces, finish, usage = stream_chat(client, prompt, temperature=0, max_tokens=40,
+                                            stream_options={"include_usage": True})
+        assert "".join(pieces) == expected["response"] and finish == expected["finish_reason"]
+        assert len([p for p in pieces if p]) > 1  # streamed piece by piece, not in one go
+        assert usage.completion_tokens == expected["tokens"] and usage.prompt_tokens == prompt_tokens
+        finishes.add(finish)
+    assert finishes == {"stop", "length"}, "the prompts should cover both ways a reply ends"
+    _, _, usage = stream_chat(client, PROMPTS[0], temperature=0, max_tokens=5)
+    assert usage is None  # usage only when stream_options.include_usage asks for it
+
+
+def test_completions_continue_like_eval_continuation_mode(client, checkpoint):
+    prompt = "Once upon a time"
+    expected = eval_cli.Session(EvalConfig(checkpoint=str(checkpoint), chat=False, temperature=0.0,
+                                           max_new_tokens=12, stream=False), lambda t: None, lambda t: None)
+    record = expected.reply(prompt)
+    answer = client.completions.create(model="tinychat", prompt=prompt, temperature=0, max_tokens=12)
+    assert answer.choices[0].text == record["response"] and answer.choices[0].finish_reason == record["finish_reason"]
+    tokenizer = Tokenizer.load(checkpoint / "checkpoints" / "last" / "tokenizer")
+    assert answer.usage.prompt_tokens == 1 + len(tokenizer.encode(prompt))  # bos + the prompt
+    assert answer.usage.completion_tokens == record["tokens"]
+    streamed = client.completions.create(model="tinychat", prompt=prompt, temperature=0, max_tokens=12, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == record["response"]
+
+
+def test_stop_strings_cut_the_reply_where_they_begin(client, chat_session):
+    reference = chat_session.reply(PROMPTS[1])["response"]
+    stop = reference[3:5]
+    expected = reference[:reference.index(stop)]
+    answer = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": PROMPTS[1]}],
+                                            temperature=0, max_tokens=40, stop=[stop, "never appears"])
+    assert (answer.choices[0].message.content, answer.choices[0].finish_reason) == (expected, "stop")
+    pieces, finish, _ = stream_chat(client, PROMPTS[1], temperature=0, max_tokens=40, stop=stop)
+    assert ("".join(pieces), finish) == (expected, "stop")
+
+
+def test_stop_matcher_equals_a_naive_cut_for_any_split():
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 14)))
+        stops = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 2))]
+        cuts = sorted(rng.sample(range(len(text) + 1), rng.randint(0, len(text))))
+        matcher, sent, stopped = StopMatcher(stops), "", False
+        for piece in [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]:
+            out, stopped = matcher.push(piece)
+            sent += out
+            if stopped:
+                break
+        sent += "" if stopped else matcher.flush()
+        first = min((i for s in stops if (i := text.find(s)) >= 0), default=None)
+        assert (sent, stopped) == ((text[:first], True) if first is not None else (text, False)), (text, stops, cuts)
+
+
+def test_eight_concurrent_streams_each_equal_their_single_answer(client, server):
+    # greedy and seeded sampling alike: every request samples from a generator of its own
+    settings = [dict(temperature=0) if i % 2 == 0 else dict(temperature=1.0, top_p=0.95, seed=i) for i in range(8)]
+    single = [stream_chat(client, p, max_tokens=60, **s)[:2] for p, s in zip(PROMPTS, settings)]
+    together: list = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        together[i] = stream_chat(client, PROMPTS[i], max_tokens=60, **settings[i])[:2]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [("".join(p), f) for p, f in together] == [("".join(p), f) for p, f in single]
+    assert health(server)["peak_busy"] == 2  # both slots decoded at once: the answers had neighbours
+
+
+def test_chinese_streams_whole_characters_only(client, checkpoint, monkeypatch):
+    """The scripted ids of CHINESE include tokens that cut a character in two; no chunk may carry U+FFFD."""
+    tokenizer = Tokenizer.load(checkpoint / "checkpoints" / "last" / "tokenizer")
+    ids = tokenizer.encode(CHINESE)
+    assert any(not is_utf8(tokenizer.token_bytes(i)) for i in ids), "the text must hold tokens that split a character"
+
+    def scripted(model, prompt_ids, max_new_tokens, params, eos_id, generator):
+        yield from [*ids, eos_id][:max_new_tokens]
+
+    monkeypatch.setattr(sampling, "generate", scripted)
+    pieces, finish, usage = stream_chat(client, "讲个故事", max_tokens=100, stream_options={"include_usage": True})
+    assert "".join(pieces) == CHINESE and finish == "stop" and usage.completion_tokens == len(ids) + 1
+    assert all("\ufffd" not in p for p in pieces) and len([p for p in pieces if p]) > 3
+
+
+def test_bad_requests_get_their_status_and_message(client, server):
+    user = [{"role": "user", "content": "hi"}]
+    refused = [  # (request, error class, status, words the message must hold)
+        (dict(model="gpt-4", messages=user), openai.NotFoundError, 404, "The model 'gpt-4' does not exist"),
+        (dict(model="tinychat", messages=user, temperature=-1), openai.BadRequestError, 400, "'temperature'=-1"),
+        (dict(model="tinychat", messages=user, top_p=0), openai.BadRequestError, 400, "'top_p'=0: must be in (0, 1]"),
+        (dict(model="tinychat", messages=user, top_p=1.5), openai.BadRequestError, 400, "'top_p'=1.5"),
+        (dict(model="tinychat", messages=user, max_tokens=0), openai.BadRequestError, 400, "'max_tokens'=0"),
+        (dict(model="tinychat", messages=user, n=2), openai.BadRequestError, 400, "n=1"),
+        (dict(model="tinychat", messages=user, stop=[""]), openai.BadRequestError, 400, "'stop'"),
+        (dict(model="tinychat", messages=[]), openai.BadRequestError, 400, "'messages' is required"),
+        (dict(model="tinychat", messages=[{"role": "robot", "content": "hi"}]), openai.BadRequestError, 400,
+         "'messages[0].role' is 'robot'"),
+        (dict(model="tinychat", messages=[{"role": "user", "content": "hello " * 300}]), openai.BadRequestError, 400,
+         f"maximum context length is {MAX_SEQ_LEN} tokens"),
+        (dict(model="tinychat", messages=user, extra_body={"temperature": "hot"}), openai.BadRequestError, 400,
+         "'temperature' must be a number, got a string"),
+    ]
+    for request, error, status, words in refused:
+        with pytest.raises(error) as caught:
+            client.chat.completions.create(**request)
+        assert caught.value.status_code == status and words in caught.value.message, (request, caught.value.message)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tinychat", prompt="hello " * 300)
+    assert caught.value.code == "context_length_exceeded" and caught.value.param == "prompt"
+    for raw, words in ((b"{bad", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
+                       (b'{"model": "tinychat"}', "'messages' is required")):
+        response = httpx.post(server["url"] + "/v1/chat/completions", content=raw)
+        error = response.json()["error"]
+        assert response.status_code == 400 and words in error["message"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert httpx.get(server["url"] + "/v1/nothing").status_code == 404
+    assert health(server)["status"] == "ok"
+
+
+def test_a_failing_generation_is_a_500_and_the_server_goes_on(client, server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+        yield
+
+    failed = health(server)["failed"]
+    monkeypatch.setattr(sampling, "generate", broken)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 500 and "out of memory (simulated)" in caught.value.message
+    with pytest.raises(openai.APIError, match="out of memory"):  # streaming: an error event after the headers
+        stream_chat(client, "hi")
+    monkeypatch.undo()
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug in the request handling (simulated)")
+
+    monkeypatch.setattr(serve, "make_job", buggy)  # a bug before decoding: the generic handler's 500 JSON
+    response = httpx.post(server["url"] + "/v1/completions", json={"model": "tinychat", "prompt": "hi"})
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert "simulated" in response.json()["error"]["message"]
+    monkeypatch.undo()
+    assert client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=3).choices[0].finish_reason in ("stop", "length")
+    assert health(server)["failed"] == failed + 2 and health(server)["busy"] == 0
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(client, server, monkeypatch):
+    real = sampling.generate
+
+    def slow(*args, **kwargs):  # 200 tokens would take 10 s: only a cancelled job ends within the deadline
+        for token in real(*args, **kwargs):
+            time.sleep(0.05)
+            yield token
+
+    monkeypatch.setattr(sampling, "generate", slow)
+    before = health(server)
+    stream = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=200, temperature=0.8, stream=True)
+    next(iter(stream))
+    assert health(server)["busy"] == 1
+    stream.close()
+    deadline = time.monotonic() + 3
+    while health(server)["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = health(server)
+    assert after["busy"] == 0 and after["cancelled"] == before["cancelled"] + 1
+    assert after["completed"] == before["completed"]
+    monkeypatch.undo()
+    assert client.completions.create(model="tinychat", prompt="Hi", max_tokens=3).usage.completion_tokens <= 3
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[serve\]"'):
+        serve.import_web()
+
+
+def test_bad_settings_are_refused_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match=r"checkpoint=<dir> is required"):
+        serve.make_server(ServeConfig())
+    proc = run_module("zer02llm.serve", [f"checkpoint={tmp_path}", "slots=0", "port=70000"], cwd=tmp_path,
+                      check=False)
+    assert proc.returncode == 2 and "slots=0: must be >= 1" in proc.stderr and "port=70000" in proc.stderr
+
+
+def test_the_command_serves_until_stopped(checkpoint, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "zer02llm.serve", f"checkpoint={checkpoint}", f"port={port}",
+                             "model_name=tiny"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline, models = time.monotonic() + 60, None
+        while models is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert models is not None, f"the server did not answer:\n{proc.stdout.read() if proc.poll() else ''}"
+        assert [m["id"] for m in models["data"]] == ["tiny"]
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    assert f"as model 'tiny' on http://127.0.0.1:{port}/v1" in output
+
+
+def test_default_model_name_is_the_run_directory():
+    assert serve.default_model_name(Path("/runs/tinychat/checkpoints/step_0000150")) == "tinychat"
+    assert serve.default_model_name(Path("/exported/my-model")) == "my-model"
+    assert serve.default_model_name(Path("/")) == "zer02llm"
+
+
+def test_bench_serve_prints_its_table(server, tmp_path):
+    """scripts/bench_serve.py against the running server: it completes and reports every level (no timing limits)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "bench_serve.py"),
+                           "--url", server["url"], "--concurrency", "1", "3", "--requests", "3", "--max-tokens", "4",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TTFT median ms" in proc.stdout and "req/s" in proc.stdout
+    levels = json.loads(out.read_text())["levels"]
+    assert [(r["concurrency"], r["requests"]) for r in levels] == [(1, 3), (3, 3)]
+    assert all(r["requests_per_s"] > 0 and 0 < r["mean_completion_tokens"] <= 4 for r in levels)

@@ -1,0 +1,352 @@
+"""optim=adamw|muon: which parameters each optimizer gets, the batched Newton-Schulz of stacked experts
+against torch.optim.Muon, the schedule on every group's own base lr, GradScaler over the combined
+optimizer, Trainer runs with optim=muon (the loss falls, a resume is bit-exact) and what is refused."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from zer02llm.config import Config, ConfigError, ModelConfig, MoEConfig, OptimConfig
+from zer02llm.training.preflight import validate_run
+from zer02llm.model import Transformer
+from zer02llm.model.lora import apply_lora, lora_parameters
+from zer02llm.training.optim import (CombinedOptimizer, ExpertMuon, build_optimizer, config_base_lrs, lr_at, set_lr,
+                            split_parameters)
+
+from conftest import TINY, compose, run_module
+
+CPU = torch.device("cpu")
+SMALL = dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+
+
+def muon_config(**train) -> Config:
+    cfg = Config(optim=OptimConfig(name="muon"))
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def names(parts, part: str) -> set[str]:
+    return {name for name, _ in parts[part]}
+
+
+# --- which parameter goes where -------------------------------------------------------------------
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_dense_hidden_matrices_go_to_muon_embeddings_head_and_norms_to_adamw(tied):
+    model = Transformer(ModelConfig(**SMALL, tie_embeddings=tied))
+    parts = split_parameters(model)
+    projections = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
+                   "ffn.gate_proj", "ffn.up_proj", "ffn.down_proj")
+    assert names(parts, "muon") == {f"layers.{i}.{p}.weight" for i in range(2) for p in projections}
+    assert names(parts, "muon_experts") == set()
+    norms = {f"layers.{i}.{n}.weight" for i in range(2) for n in ("attn_norm", "ffn_norm")} | {"norm.weight"}
+    head = set() if tied else {"lm_head.weight"}  # tied: one tensor, listed once as the embedding
+    assert names(parts, "adamw") == {"tok_embeddings.weight", *head, *norms}
+    adamw = {id(p) for _, p in parts["adamw"]}
+    assert id(model.lm_head.weight) in adamw and id(model.tok_embeddings.weight) in adamw
+
+
+def test_moe_experts_go_to_the_batched_muon_routers_to_adamw():
+    model = Transformer(MoEConfig(**SMALL, num_experts=4, experts_per_token=2, num_shared_experts=1))
+    parts = split_parameters(model)
+    assert names(parts, "muon_experts") == {f"layers.{i}.ffn.{p}" for i in range(2)
+                                            for p in ("gate_proj", "up_proj", "down_proj")}
+    assert all(p.dim() == 3 and p.size(0) == 4 for _, p in parts["muon_experts"])
+    assert {f"layers.{i}.ffn.shared_experts.0.{p}.weight" for i in range(2)
+            for p in ("gate_proj", "up_proj", "down_proj")} <= names(parts, "muon")
+    assert {"layers.0.ffn.router.weight", "layers.1.ffn.router.weight"} <= names(parts, "adamw")
+    # every trained tensor exactly once
+    listed = [id(p) for part in parts.values() for _, p in part]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+
+
+def test_lora_adapters_train_with_adamw_and_muon_gets_nothing(caplog):
+    model = Transformer(ModelConfig(**SMALL))
+    apply_lora(model, rank=4, alpha=8.0, targets=["q_proj", "v_proj", "gate_proj"])
+    parts = split_parameters(model)
+    assert parts["muon"] == [] and parts["muon_experts"] == []  # the base matrices are frozen
+    assert {id(p) for _, p in parts["adamw"]} == {id(p) for p in lora_parameters(model)}
+    cfg = muon_config()
+    cfg.lora.rank = 4
+    with caplog.at_level(logging.WARNING, logger="zer02llm"):
+        optimizer = build_optimizer(model, cfg, CPU)
+    assert set(optimizer.optimizers) == {"adamw"}
+    assert "LoRA freezes the base matrices; the adapters train with AdamW" in caplog.text
+
+
+def test_adamw_is_torchs_own_optimizer_and_muon_combines_three():
+    model = Transformer(MoEConfig(**SMALL))
+    adamw = build_optimizer(model, Config(), CPU)
+    assert isinstance(adamw, torch.optim.AdamW)  # checkpoints of optim=adamw keep their format
+    muon = build_optimizer(model, muon_config(), CPU)
+    assert isinstance(muon, CombinedOptimizer) and list(muon.optimizers) == ["adamw", "muon", "muon_experts"]
+    assert isinstance(muon.optimizers["muon"], torch.optim.Muon)
+    assert isinstance(muon.optimizers["muon_experts"], ExpertMuon)
+    lrs = {name: {g["base_lr"] for g in opt.param_groups} for name, opt in muon.optimizers.items()}
+    assert lrs == {"adamw": {Config().train.lr}, "muon": {0.02}, "muon_experts": {0.02}}
+
+
+# --- the batched Newton-Schulz ------------------------------------------------------------------
+
+@pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
+@pytest.mark.parametrize("shape", [(3, 16, 40), (4, 40, 16), (2, 24, 24)])  # (E, in, out): wide, tall, square
+def test_stacked_experts_step_as_torch_muon_on_each_expert_matrix(shape, adjust):
+    """Each expert applies x @ W_e: as an nn.Linear its weight would be W_e^T (out, in), and torch.optim.Muon
+    on those E matrices is the reference, the lr's shape scaling (out/in, not in/out) included."""
+    gen = torch.Generator().manual_seed(0)
+    E, fan_in, fan_out = shape
+    start = torch.randn(shape, generator=gen)
+    stacked = torch.nn.Parameter(start.clone())
+    per_expert = [torch.nn.Parameter(start[e].T.clone()) for e in range(E)]
+    args = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn=adjust)
+    ours, reference = ExpertMuon([stacked], **args), torch.optim.Muon(per_expert, **args)
+    for _ in range(3):
+        grad = torch.randn(shape, generator=gen)
+        stacked.grad = grad.clone()
+        for e in range(E):
+            per_expert[e].grad = grad[e].T.clone()
+        ours.step()
+        reference.step()
+    expected = torch.stack([p.detach().T for p in per_expert])
+    got = stacked.detach()
+    # the same bfloat16 operations; only CPU's baddbmm, now and then, rounds an entry of beta*C + alpha*A@B
+    # differently from addmm (seen in ~0.3% of matrices): one bf16 step of the update, times the lr
+    assert (got == expected).float().mean() > 0.99
+    assert (got - expected).abs().max() < 3 * 0.02 * 2 * 2 ** -7
+    assert (got - start).abs().max() > 0.01  # it did move
+
+
+def test_expert_muon_takes_only_stacks_of_matrices():
+    with pytest.raises(ValueError, match=r"stacks of matrices \(E, in, out\), got a tensor of shape \(4, 4\)"):
+        ExpertMuon([torch.nn.Parameter(torch.zeros(4, 4))])
+
+
+# --- the schedule on every group's base lr ----------------------------------------------------------
+
+def test_the_schedule_scales_every_groups_own_base_lr():
+    model = Transformer(MoEConfig(**SMALL))
+    cfg = muon_config(lr=1e-3)
+    cfg.optim.muon_lr = 0.05
+    optimizer = build_optimizer(model, cfg, CPU)
+    for step in (0, 3, 50, 99):
+        lr = lr_at(step, 1e-3, 10, 100, 0.1)
+        set_lr(optimizer, lr, 1e-3)
+        factor = lr / 1e-3
+        for group in optimizer.optimizers["adamw"].param_groups:
+            assert group["lr"] == lr  # bit for bit what a single schedule gives
+        for name in ("muon", "muon_experts"):
+            for group in optimizer.optimizers[name].param_groups:
+                assert group["lr"] == pytest.approx(0.05 * factor, rel=1e-12)
+
+
+def test_loading_a_state_keeps_this_runs_base_lrs():
+    """A checkpoint's param groups replace the optimizer's: the base lrs stay the config's (as train.lr
+    does on resume), and a state saved before base lrs existed loads."""
+    model = Transformer(ModelConfig(**SMALL))
+    saved = build_optimizer(model, muon_config(), CPU)
+    state = saved.state_dict()
+    for part in state.values():
+        for group in part["param_groups"]:
+            del group["base_lr"]
+    cfg = muon_config()
+    cfg.optim.muon_lr = 0.01
+    optimizer = build_optimizer(model, cfg, CPU)
+    with config_base_lrs(optimizer):
+        optimizer.load_state_dict(state)
+    assert [g["base_lr"] for g in optimizer.optimizers["muon"].param_groups] == [0.01]
+    with pytest.raises(ValueError, match=r"holds \['param_groups', 'state'\], this optimizer is \['adamw', 'muon'\]"):
+        optimizer.load_state_dict(build_optimizer(model, Config(), CPU).state_dict())
+
+
+# --- GradScaler over the combined optimizer ------------------------------------------------------
+
+def test_grad_scaler_unscales_steps_and_skips_an_inf_step_for_every_part():
+    """What fp16 training does with optim=muon: unscale_ (before clipping), step, update; an inf gradient
+    skips the step of every part and halves the scale."""
+    torch.manual_seed(0)
+    model = Transformer(MoEConfig(**SMALL))
+    optimizer = build_optimizer(model, muon_config(), CPU)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    tokens = torch.randint(0, 64, (2, 17))
+
+    def step(poison: bool = False) -> None:
+        out = model(tokens[:, :-1], tokens[:, 1:])
+        scaler.scale(out.loss + out.aux_loss).backward()
+        if poison:
+            model.layers[0].ffn.gate_proj.grad[0, 0, 0] = math.inf
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step()
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name in ("tok_embeddings.weight", "layers.0.attn.q_proj.weight", "layers.0.ffn.gate_proj"):
+        assert not torch.equal(before[name], after[name]), name  # adamw, muon and muon_experts all stepped
+    assert scaler.get_scale() == 2.0 ** 10
+    step(poison=True)
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach(), after[name]), f"{name} changed in a step with an inf gradient"
+    assert scaler.get_scale() == 2.0 ** 9
+
+
+# --- the Trainer with optim=muon -------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A Trainer sets torch's threads for the whole process (the cpu preset: 1): undo it for other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def build_trainer(run_dir, overrides):
+    from zer02llm.training.trainer import Trainer
+
+    dict_cfg = compose([*TINY, *overrides])
+    cfg = OmegaConf.to_object(dict_cfg)
+    validate_run(cfg)
+    return Trainer(cfg, run_dir, OmegaConf.to_container(dict_cfg, resolve=True))
+
+
+def test_a_few_muon_steps_lower_the_loss_and_set_each_groups_lr(tmp_path):
+    trainer = build_trainer(tmp_path, ["optim=muon", "model=moe", "train.max_steps=30"])
+    hidden = ("layers.0.attn.q_proj.weight", "layers.0.ffn.gate_proj")  # torch's Muon, ExpertMuon
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if name in hidden}
+    losses = [trainer.train_step()["loss"].item() for _ in range(30)]
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.3, losses
+    params = dict(trainer.model.named_parameters())
+    for name in hidden:  # Muon moved them: by 1.5-2x their initial norm here, AdamW at train.lr by 0.2-0.3x
+        assert (params[name].detach() - before[name]).norm() > 0.8 * before[name].norm(), name
+    # the last step (29 of 30) ran at the schedule's lr for train.lr, x20 for the Muon groups
+    lr = lr_at(29, 1e-3, 5, 30, 0.1)
+    assert {g["lr"] for g in trainer.optimizer.optimizers["adamw"].param_groups} == {lr}
+    assert [g["lr"] for g in trainer.optimizer.optimizers["muon_experts"].param_groups] == [pytest.approx(20 * lr)]
+
+
+def test_muon_resume_continues_bit_exactly(tmp_path):
+    """The trainer state through torch.save / torch.load(weights_only=True), as trainer.pt: the resumed
+    run's weights and optimizer state equal the uninterrupted run's, bit for bit."""
+    overrides = ["optim=muon", "model=moe", "train.max_steps=12"]
+    first = build_trainer(tmp_path / "a", overrides)
+    for _ in range(6):
+        first.train_step()
+    buffer = io.BytesIO()
+    torch.save({"weights": first.model.state_dict(), "state": first.state_dict()}, buffer)
+    for _ in range(6):
+        first.train_step()
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    second = build_trainer(tmp_path / "b", overrides)
+    second.model.load_state_dict(saved["weights"])
+    second.load_state_dict(saved["state"])
+    assert second.step == 6
+    for _ in range(6):
+        second.train_step()
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    trained = [p for p in first.model.parameters() if p.requires_grad]
+    assert trained and all(first.optimizer.state[p] for p in trained)  # every part of the optimizer kept state
+    for p_first, p_second in zip(first.model.parameters(), second.model.parameters()):
+        assert first.optimizer.state[p_first].keys() == second.optimizer.state[p_second].keys()
+        for key, value in first.optimizer.state[p_first].items():
+            assert torch.equal(value, second.optimizer.state[p_second][key]), key
+
+
+def test_resuming_with_another_optimizer_is_refused(tmp_path):
+    muon = build_trainer(tmp_path / "a", ["optim=muon", "train.max_steps=4"])
+    adamw = build_trainer(tmp_path / "b", ["train.max_steps=4"])
+    with pytest.raises(ConfigError, match=r"trained with optim=muon, this run has optim=adamw: resume with optim=muon"):
+        adamw.load_state_dict(muon.state_dict())
+    with pytest.raises(ConfigError, match=r"trained with optim=adamw, this run has optim=muon"):
+        muon.load_state_dict(adamw.state_dict())
+
+
+@pytest.mark.slow
+def test_muon_run_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
+    """Through the command and checkpoint files: 20 steps straight, against 10 then a resume to 20."""
+    from safetensors.torch import load_file
+
+    run = [*TINY, "optim=muon", "model=moe", "train.max_steps=20", "train.save_interval=10"]
+    run_module("zer02llm.train", [*run, "hydra.run.dir=straight"], cwd=tmp_path)
+    run_module("zer02llm.train", [*run, "hydra.run.dir=resumed",
+                                  f"train.resume={tmp_path / 'straight' / 'checkpoints' / 'step_0000010'}"],
+               cwd=tmp_path)
+    expected = load_file(str(tmp_path / "straight" / "checkpoints" / "step_0000020" / "model.safetensors"))
+    got = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_0000020" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_take_the_steps_of_one_process_with_muon(tmp_path):
+    """Gradients are all-reduced before the step: each rank orthogonalises the same matrices.
+
+    The reference is one process accumulating the two ranks' micro-batches (batch 2 x grad_accum 2),
+    which adds the two halves of the gradient as the all-reduce does. Against batch 4 at once, Muon
+    differs by up to 2e-3 here (AdamW by 2e-7): Newton-Schulz normalises away each gradient's scale, so
+    the rounding of a small gradient becomes the rounding of a full-size step."""
+    from safetensors.torch import load_file
+
+    run = [*TINY, "optim=muon", "model=moe", "train.max_steps=10", "train.eval_batches=-1", "train.batch_size=2"]
+    run_module("torch.distributed.run", ["--standalone", "--nproc_per_node=2", "-m", "zer02llm.train", *run,
+                                         "hydra.run.dir=ddp"], cwd=tmp_path)
+    run_module("zer02llm.train", [*run, "train.grad_accum=2", "hydra.run.dir=single"], cwd=tmp_path)
+    ddp, single = (load_file(str(tmp_path / d / "checkpoints" / "step_0000010" / "model.safetensors"))
+                   for d in ("ddp", "single"))
+    assert ddp.keys() == single.keys()
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# --- the config ---------------------------------------------------------------------------------
+
+def test_optim_group_composes_and_defaults_to_adamw():
+    assert OmegaConf.to_object(compose()).optim.name == "adamw"
+    muon = OmegaConf.to_object(compose(["optim=muon", "optim.muon_lr=0.01"])).optim
+    assert (muon.name, muon.muon_lr, muon.muon_adjust_lr, muon.muon_weight_decay) == ("muon", 0.01, "original", 0.0)
+    assert muon == OptimConfig(name="muon", muon_lr=0.01)  # muon.yaml restates the dataclass's defaults
+
+
+def test_muon_with_fsdp_and_bad_muon_values_are_refused():
+    cfg = OmegaConf.to_object(compose(["optim=muon", "distributed.strategy=fsdp", "optim.muon_momentum=1.0",
+                                       "optim.muon_adjust_lr=spectral", "optim.muon_ns_steps=0"]))
+    with pytest.raises(ConfigError) as info:
+        validate_run(cfg, check_files=False)
+    message = str(info.value)
+    assert "optim=muon with distributed.strategy=fsdp: Muon orthogonalises each whole weight matrix" in message
+    assert "use distributed.strategy=ddp with optim=muon, or optim=adamw with fsdp" in message
+    assert "optim.muon_momentum=1.0: must be in [0, 1)" in message
+    assert "optim.muon_adjust_lr='spectral': must be one of original, match_rms_adamw" in message
+    assert "optim.muon_ns_steps=0: must be in [1, 99]" in message
+    validate_run(OmegaConf.to_object(compose(["distributed.strategy=fsdp"])), check_files=False)  # adamw: fine
+    with pytest.raises(ConfigError, match=r"optim='sgd' \(optim.name\): must be one of adamw, muon"):
+        validate_run(OmegaConf.to_object(compose(["optim.name=sgd"])), check_files=False)
+
+
+def test_every_muon_key_reaches_the_optimizers(tmp_path):
+    """Each optim.muon_* given on the command line ends up in both Muon optimizers' groups (torch's Muon on
+    nn.Linear weights, ExpertMuon on stacked experts); AdamW's groups keep train.* values."""
+    trainer = build_trainer(tmp_path, ["optim=muon", "model=moe", "optim.muon_lr=0.007", "optim.muon_momentum=0.8",
+                                       "optim.muon_nesterov=false", "optim.muon_weight_decay=0.03",
+                                       "optim.muon_ns_steps=3", "optim.muon_adjust_lr=match_rms_adamw"])
+    expected = {"base_lr": 0.007, "momentum": 0.8, "nesterov": False, "weight_decay": 0.03, "ns_steps": 3,
+                "adjust_lr_fn": "match_rms_adamw"}
+    muons = {name: opt for name, opt in trainer.optimizer.optimizers.items() if name != "adamw"}
+    assert set(muons) == {"muon", "muon_experts"}
+    for name, optimizer in muons.items():
+        for group in optimizer.param_groups:
+            assert {key: group[key] for key in expected} == expected, name
+    for group in trainer.optimizer.optimizers["adamw"].param_groups:
+        assert group["base_lr"] == 1e-3 and group["betas"] == (0.9, 0.95)
