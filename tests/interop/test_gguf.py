@@ -157,6 +157,15 @@ def test_vocabulary_tokenizes_as_ours(exported):
         assert bpe.encode(text).ids == tok.encode(text), text
 
 
+def test_model_ids_beyond_the_tokenizer_are_unused_padding():
+    tok = Tokenizer.load()
+    tokens, types, merges = interop_gguf.vocabulary(tok, tok.vocab_size + 3)
+    assert tokens[-3:] == [f"[PAD{tok.vocab_size + i}]" for i in range(3)] and types[-3:] == [5, 5, 5]
+    assert tokens[:tok.vocab_size] == [tok.id_to_token(i) for i in range(tok.vocab_size)]
+    with pytest.raises(InteropError, match=f"model.vocab_size={tok.vocab_size - 1}"):
+        interop_gguf.vocabulary(tok, tok.vocab_size - 1)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_llama_graph_on_the_file_gives_our_logits(exported, name):
     model, path = exported[f"{name}/f32"]
