@@ -10,6 +10,7 @@ written with the `gguf` package) and an ollama Modelfile. LoRA adapters are merg
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -119,11 +120,8 @@ def run_gguf(cfg: ExportConfig, checkpoint: Path, output: Path) -> Path:
     from zer02llm.inference.loading import load_for_inference
     from zer02llm.interop import gguf as interop_gguf
 
-    try:
-        import gguf  # noqa: F401  (the optional extra: say how to get it before any work is done)
-    except ImportError:
-        raise ConfigError("format=gguf needs the gguf package: pip install 'zer02llm[gguf]' (or pip install gguf)") \
-            from None
+    if importlib.util.find_spec("gguf") is None:  # the optional extra: say how to get it before any work is done
+        raise ConfigError("format=gguf needs the gguf package: pip install 'zer02llm[gguf]' (or pip install gguf)")
     outtype = cfg.outtype or "f16"
     saved = ckpt.read_checkpoint_config(checkpoint)
     interop_gguf.check_exportable(model_config_from_dict(saved["model"]), cfg.allow_dropless)
