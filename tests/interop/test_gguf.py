@@ -361,6 +361,15 @@ def test_bad_options_are_named(tmp_path, args, fragments):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_gguf_package_says_how_to_install_it(tmp_path, monkeypatch):
+    make_checkpoint(tmp_path / "dense", CONFIGS["gqa"])
+    find_spec = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == "gguf" else find_spec(name))
+    with pytest.raises(ConfigError, match=r"pip install 'zer02llm\[gguf\]'"):
+        export.run(ExportConfig(checkpoint=str(tmp_path / "dense"), output=str(tmp_path / "out"), format="gguf"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args, fragments", [*BAD_OPTIONS, (["format=gguf", "checkpoint=shared"],
                                                             ["model.num_shared_experts=1"])])
