@@ -297,19 +297,25 @@ class EvalConfig(SamplingOptions):
 
 @dataclass
 class ExportConfig:
-    """`python -m zer02llm.export`: a checkpoint as a transformers model directory (README: Using your model elsewhere)."""
+    """`python -m zer02llm.export`: a checkpoint as a transformers model directory, or as a GGUF file for
+    llama.cpp and ollama (docs/interop.md)."""
 
     # a checkpoint directory (…/checkpoints/last) or a run directory (its newest checkpoint)
     checkpoint: Optional[str] = None
-    # the new directory; one that exists and holds files is refused unless overwrite=true
+    # the new directory (transformers: the model directory; gguf: model.gguf and an ollama Modelfile);
+    # one that exists and holds files is refused unless overwrite=true
     output: Optional[str] = None
+    # "transformers" (safetensors + config.json) or "gguf" (llama.cpp's format)
+    format: str = "transformers"
     overwrite: bool = False
     # a LoRA adapter directory merged into the checkpoint's weights (a LoRA run's own adapters are merged anyway)
     adapter: Optional[str] = None
     # null: the tokenizer the checkpoint was trained with
     tokenizer_path: Optional[str] = None
-    # the exported weights' dtype; "auto": as the checkpoint stores them
+    # format=transformers: the exported weights' dtype; "auto": as the checkpoint stores them
     dtype: str = "auto"
+    # format=gguf: the weights' type, f32, f16, bf16 or q8_0 (norms and routers stay f32); null: f16
+    outtype: Optional[str] = None
     # above this, model.safetensors is split into shards with an index (as transformers' save_pretrained does)
     max_shard_size: str = "5GB"
     # a model trained with model.capacity_factor > 0 drops overflowing tokens; transformers' MoE never does.
@@ -624,9 +630,10 @@ def register_configs() -> None:
         ("eval", EvalConfig, "python -m zer02llm.eval checkpoint=<dir> [prompts=[...]]: chat with a model, or answer "
                              "a list of prompts.\nExample: checkpoint=outputs/<date>/<time> prompts_file=questions.txt "
                              "output=answers.jsonl"),
-        ("export", ExportConfig, "python -m zer02llm.export checkpoint=<dir> output=<dir>: write a checkpoint as a "
-                                 "transformers model directory.\nExample: checkpoint=outputs/<date>/<time> "
-                                 "output=exported/ [overwrite=true]"),
+        ("export", ExportConfig, "python -m zer02llm.export checkpoint=<dir> output=<dir> [format=gguf]: write a "
+                                 "checkpoint as a transformers model directory, or as a GGUF file for llama.cpp and "
+                                 "ollama.\nExample: checkpoint=outputs/<date>/<time> output=exported/ "
+                                 "[format=gguf outtype=q8_0] [overwrite=true]"),
         ("serve", ServeConfig, "python -m zer02llm.serve checkpoint=<dir> [host=127.0.0.1 port=8000]: serve the "
                                "OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions).\nExample: "
                                "checkpoint=outputs/<date>/<time> port=8000 slots=2"),

@@ -1,13 +1,16 @@
-"""`python -m zer02llm.export checkpoint=<dir> output=<dir>`: a checkpoint as a transformers model directory.
+"""`python -m zer02llm.export checkpoint=<dir> output=<dir> [format=gguf]`: a checkpoint for other tools.
 
-The directory loads with `AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`
-(no trust_remote_code): config.json, generation_config.json, model.safetensors (sharded above max_shard_size),
-the tokenizer with its chat template, and a model card. LoRA adapters are merged. transformers is not needed.
+format=transformers (the default): a directory that loads with `AutoModelForCausalLM.from_pretrained(dir)` and
+`AutoTokenizer.from_pretrained(dir)` (no trust_remote_code): config.json, generation_config.json,
+model.safetensors (sharded above max_shard_size), the tokenizer with its chat template, and a model card.
+transformers is not needed. format=gguf: a directory holding model.gguf (llama.cpp's llama architecture,
+written with the `gguf` package) and an ollama Modelfile. LoRA adapters are merged either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +26,8 @@ from zer02llm.config import ConfigError, ExportConfig, register_configs
 
 register_configs()
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
+FORMATS = ("transformers", "gguf")
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # zer02llm.interop.gguf.OUTTYPES, without importing it here
 
 
 def check_options(cfg: ExportConfig) -> tuple[Path, Path]:
@@ -31,10 +36,24 @@ def check_options(cfg: ExportConfig) -> tuple[Path, Path]:
 
     if not cfg.checkpoint:
         raise ConfigError("checkpoint=<dir> is required: a checkpoint (…/checkpoints/last) or a run directory")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r}: must be one of {', '.join(FORMATS)}")
     if not cfg.output:
-        raise ConfigError("output=<dir> is required: the new directory for the transformers model")
+        raise ConfigError(f"output=<dir> is required: the new directory for the {cfg.format} model")
     if cfg.dtype not in EXPORT_DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r}: must be one of {', '.join(EXPORT_DTYPES)}")
+    if cfg.format == "gguf":
+        if cfg.outtype not in (None, *GGUF_OUTTYPES):
+            raise ConfigError(f"outtype={cfg.outtype!r}: must be one of {', '.join(GGUF_OUTTYPES)}")
+        if cfg.dtype != "auto":
+            raise ConfigError(f"dtype={cfg.dtype} is for format=transformers: format=gguf takes outtype=" +
+                              "|".join(GGUF_OUTTYPES))
+        if cfg.output.endswith(".gguf"):
+            raise ConfigError(f"output={cfg.output}: give a directory; format=gguf writes model.gguf and an ollama "
+                              f"Modelfile into it")
+    elif cfg.outtype is not None:
+        raise ConfigError(f"outtype={cfg.outtype} is for format=gguf: format=transformers takes dtype=" +
+                          "|".join(EXPORT_DTYPES))
     try:
         checkpoint = ckpt.resolve_checkpoint(cfg.checkpoint)
     except FileNotFoundError as e:
@@ -60,6 +79,8 @@ def run(cfg: ExportConfig) -> Path:
     from zer02llm.inference.loading import load_for_inference
 
     checkpoint, output = check_options(cfg)
+    if cfg.format == "gguf":
+        return run_gguf(cfg, checkpoint, output)
     saved = ckpt.read_checkpoint_config(checkpoint)
     interop.parse_size(cfg.max_shard_size)
     interop.architecture_for(model_config_from_dict(saved["model"]), cfg.allow_dropless)  # before the weights load
@@ -89,6 +110,37 @@ def run(cfg: ExportConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"exported {loaded.checkpoint} as {config['architectures'][0]} ({dtype}, {len(weight_files)} weight "
           f"file(s)) to {output}")
+    return output
+
+
+def run_gguf(cfg: ExportConfig, checkpoint: Path, output: Path) -> Path:
+    """model.gguf and a Modelfile in `output`; refusals (MoE layouts, tokenizers) come before the weights load."""
+    from zer02llm import checkpoint as ckpt
+    from zer02llm.config import model_config_from_dict
+    from zer02llm.inference.loading import load_for_inference
+    from zer02llm.interop import gguf as interop_gguf
+
+    if importlib.util.find_spec("gguf") is None:  # the optional extra: say how to get it before any work is done
+        raise ConfigError("format=gguf needs the gguf package: pip install 'zer02llm[gguf]' (or pip install gguf)")
+    outtype = cfg.outtype or "f16"
+    saved = ckpt.read_checkpoint_config(checkpoint)
+    interop_gguf.check_exportable(model_config_from_dict(saved["model"]), cfg.allow_dropless)
+    loaded = load_for_inference(str(checkpoint), "cpu", cfg.adapter, cfg.tokenizer_path)
+    name = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.name
+
+    tmp = output.with_name(f".{output.name}.export.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        counts = interop_gguf.write_gguf(tmp / interop_gguf.GGUF_FILE, loaded.model.state_dict(), loaded.model.cfg,
+                                         loaded.tokenizer, outtype, name, cfg.allow_dropless)
+        (tmp / interop_gguf.MODELFILE).write_text(interop_gguf.modelfile(loaded.tokenizer), encoding="utf-8")
+        replace_dir(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    types = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    print(f"exported {loaded.checkpoint} as GGUF (llama, {outtype}; tensors: {types}) to "
+          f"{output / interop_gguf.GGUF_FILE}, with an ollama {interop_gguf.MODELFILE}")
     return output
 
 

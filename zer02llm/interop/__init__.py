@@ -1,5 +1,6 @@
 """Interop: our checkpoints in other tools' formats, and theirs in ours. Our parameter names map to
-transformers' in one place (zer02llm.interop.transformers); the model never learns them.
+transformers' in one place (zer02llm.interop.transformers) and to GGUF's in another (zer02llm.interop.gguf);
+the model never learns them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ _OFFERS = {
     "from_transformers": "zer02llm.interop.transformers",
     "is_transformers_dir": "zer02llm.interop.transformers",
     "to_transformers": "zer02llm.interop.transformers",
+    "gguf_tensors": "zer02llm.interop.gguf",
+    "write_gguf": "zer02llm.interop.gguf",
     "transformers_config": "zer02llm.interop.transformers",
 }
 __all__ = sorted(_OFFERS)
