@@ -312,6 +312,40 @@ def test_the_docs_hold_commands_of_every_entry_point():
     assert {"train", "generate", "eval", "serve", "export"} <= entries
 
 
+def config_keys() -> list[str]:
+    """Every key a user can set: `group.key` of the training Config (both model schemas), and the keys of each
+    other entry point's ConfigStore config (`base_<entry>`), found in the ConfigStore so a new entry counts."""
+    import dataclasses
+
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from zer02llm.config import Config, MoEConfig, register_configs
+
+    register_configs()
+    keys = []
+    for field in dataclasses.fields(Config):
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if dataclasses.is_dataclass(default):
+            schemas = [type(default)] + ([MoEConfig] if field.name == "model" else [])
+            keys += [f"{field.name}.{f.name}" for schema in schemas for f in dataclasses.fields(schema)]
+        else:
+            keys.append(field.name)
+    store = ConfigStore.instance()
+    for name in sorted(store.list("")):
+        if name.startswith("base_") and name != "base_config.yaml":
+            schema = OmegaConf.get_type(store.load(name).node)
+            keys += [f.name for f in dataclasses.fields(schema)]
+    return sorted(set(keys))
+
+
+def test_the_configuration_reference_names_every_key():
+    """docs/configuration.md lists every key: a key added to a config dataclass without a line there fails."""
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [key for key in config_keys() if f"`{key}`" not in text]
+    assert not missing, f"keys missing from docs/configuration.md (write each as `key`): {', '.join(missing)}"
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "page.md"
     path.write_text(text, encoding="utf-8")
