@@ -122,6 +122,22 @@ def link_problems(path: Path) -> list[str]:
     return problems
 
 
+REPO_PATH = re.compile(r"(?<![\w./~$-])((?:zer02llm|scripts|conf|tests|tokenizer|docs)/[\w./-]*[\w/])")
+BUILT_ONLY = ("zer02llm/_shipped",)  # exists in a built wheel, not in a checkout
+
+
+def path_problems(path: Path) -> list[str]:
+    """Paths of the repository named in the text (`scripts/bench.py`, `tests/sweeps/test_slurm.py`), links or
+    not, that do not exist: a moved file leaves no stale name behind."""
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for match in REPO_PATH.finditer(line):
+            named = match.group(1)
+            if not named.startswith(BUILT_ONLY) and not (REPO / named).exists():
+                problems.append(f"{path.relative_to(REPO)}:{number}: {named} does not exist")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Commands
 
@@ -300,6 +316,12 @@ def test_relative_links_resolve(path):
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_named_repository_paths_exist(path):
+    problems = path_problems(path)
+    assert not problems, "paths that name nothing:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
 def test_command_lines_compose(path):
     commands = find_commands(path)
     problems = [p for command in commands for p in command_problems(command)]
@@ -409,6 +431,14 @@ def test_a_broken_link_or_anchor_fails(tmp_path):
     assert [p.split(": link ")[1].split("'")[1] for p in problems] == ["missing.md", "other.md#nope", "#nope",
                                                                        "also-missing.md"]
     assert problems[0].startswith("page.md:7")
+
+
+def test_a_named_path_that_moved_fails(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "bench.py").write_text("")
+    page = write(tmp_path, "Run `python scripts/bench.py`, see tests/test_slurm.py and zer02llm/_shipped/conf.\n")
+    with mock.patch.object(sys.modules[__name__], "REPO", tmp_path):
+        assert path_problems(page) == ["page.md:1: tests/test_slurm.py does not exist"]
 
 
 def test_github_anchors():
