@@ -12,6 +12,8 @@ that runs a zer02llm entry point composes.
   Shell placeholders (`<dir>`, `...`) are not values: their keys must exist, their values are not composed.
   A multirun sweep (`-m model.dim=64,128`) composes with its first value; an Optuna search space
   (`interval(...)`) is checked for its key only. A line ending in `\\` continues on the next.
+- Paths: every repository path the text names (`scripts/bench.py`, `tests/sweeps/test_slurm.py`) exists.
+- The configuration reference (docs/configuration.md) names every key of every entry point's config.
 """
 
 from __future__ import annotations
