@@ -226,7 +226,7 @@ def contention_warning(others_share: Optional[float], threads: int) -> Optional[
     if (others_share or 0) <= 0.1:
         return None
     # torch's threads wait for each other at every op, so a busy neighbour stalls all of them:
-    # one thread suffers least (README, Benchmark), but that advice is no use once it is taken
+    # one thread suffers least (docs/benchmarks.md), but that advice is no use once it is taken
     advice = (f"or try --threads 1 (this run had {threads})" if threads > 1
               else "--threads 1 is already the least sensitive to them")
     return (f"warning: other processes took {others_share:.0%} of the CPU time during the run, so these "

@@ -8,28 +8,28 @@
 # It runs `pytest -m gpu`, then scripts/bench.py at each GPU preset (eager and compiled, dense and MoE,
 # the transformers Llama peer beside the dense model), with batch-1 generation in the eager runs, and
 # writes report.json and report.md (tokens/s, MFU with its formula and the peak it divides by, peak
-# memory, the peer ratio) plus the logs into DIR: default $OUT when set (the device machine's folder
-# that comes back), else outputs/gpu_check/<timestamp>. The whole run keeps to --budget-s (default
-# 450 s, setup included): runs go in the order 16gb eager and compiled, 24gb and 40gb eager, 24gb and
-# 40gb compiled, and one that would no longer fit is skipped and listed in the report with the command
-# that runs just the skipped ones (--skip-tests --only ...); a fresh machine compiles each distinct
-# shape in 30-90 s, so expect the larger presets' compiled runs to need that second call. Exit status:
-# 0 when every test passed and every run that started finished, 1 otherwise, 2 for a usage or setup error.
+# memory, the peer ratio) plus the logs into DIR (default outputs/gpu_check/<timestamp>). The whole run
+# keeps to --budget-s (default 450 s, setup included): runs go in the order 16gb eager and compiled, 24gb
+# and 40gb eager, 24gb and 40gb compiled, and one that would no longer fit is skipped and listed in the
+# report with the command that runs just the skipped ones (--skip-tests --only ...); a fresh machine
+# compiles each distinct shape in 30-90 s, so expect the larger presets' compiled runs to need that second
+# call. Exit status: 0 when every test passed and every run that started finished, 1 otherwise, 2 for a
+# usage or setup error.
 #
-# The device machine has torch (its own CUDA build), triton, transformers, tokenizers, safetensors,
-# numpy, matplotlib, jinja2, tqdm and pytest, but not hydra-core, omegaconf, antlr4-python3-runtime,
-# submitit or hydra-submitit-launcher (/work/shared/notes/gpu-device.md). When hydra is missing, this
+# A CUDA machine may have torch (its own CUDA build), triton, transformers, tokenizers, safetensors,
+# numpy, matplotlib, jinja2, tqdm and pytest, but no package index and none of hydra-core, omegaconf,
+# antlr4-python3-runtime, submitit or hydra-submitit-launcher (docs/gpu.md). When hydra is missing, this
 # script installs the wheels of .whl/ (never torch) into /tmp/zer02llm-site and runs with
 # PYTHONPATH=/tmp/zer02llm-site:$PWD, the checkout used in place (no pip install -e). To bring them,
-# on the CPU machine in the repository root, `bash scripts/gpu_check.sh --fetch-wheels` runs:
+# on a machine with a package index, in the repository root, `bash scripts/gpu_check.sh --fetch-wheels` runs:
 #   echo /.whl/ >> .git/info/exclude          # once: .whl/ stays out of git
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 hydra-submitit-launcher==1.2.0
 #   python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3    # an sdist only: built here
-# (the versions installed here, read from this Python; without them the ranges of pyproject.toml, with
-# omegaconf < 2.4 as hydra-core 1.3 requires). Then the device call carries .whl:
-#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# (the versions installed there, read from its Python; without them the ranges of pyproject.toml, with
+# omegaconf < 2.4 as hydra-core 1.3 requires). Then copy the checkout with .whl/ to the CUDA machine and
+# run this script there.
 # Environment: PYTHON (default python3), WHEEL_DIR (default .whl).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -61,7 +61,7 @@ fetch_wheels() {
         "$(pin hydra-submitit-launcher '>=1.2')" || return 1
     "$PY" -m pip wheel -q --no-deps -w "$WHEEL_DIR" "$(pin antlr4-python3-runtime '==4.9.3')" || return 1
     ls -l "$WHEEL_DIR"
-    [ "$WHEEL_DIR" = .whl ] && echo 'the device call carries them: run(command="bash scripts/gpu_check.sh", carry=[".whl"])'
+    echo "copy the checkout with $WHEEL_DIR/ to the CUDA machine and run 'bash scripts/gpu_check.sh' there"
     return 0
 }
 
@@ -76,7 +76,7 @@ setup_python_path() {
     shopt -u nullglob
     if [ ${#wheels[@]} -eq 0 ]; then
         echo "error: hydra-core is not importable by $PY and $WHEEL_DIR/ holds no wheels: run" \
-             "'bash scripts/gpu_check.sh --fetch-wheels' on a machine with a package index and carry $WHEEL_DIR" >&2
+             "'bash scripts/gpu_check.sh --fetch-wheels' on a machine with a package index and copy $WHEEL_DIR/ here" >&2
         return 2
     fi
     for wheel in "${wheels[@]}"; do
@@ -114,7 +114,7 @@ if [ $fetch = 1 ]; then
 fi
 setup_python_path || exit $?
 if [ -z "$out" ]; then
-    out=${OUT:-outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
+    out=outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)
 fi
 mkdir -p "$out" || exit 2
 [ $smoke = 1 ] && echo "CPU smoke run: tiny shapes, CUDA-only parts skipped (the report says which)"

@@ -122,7 +122,7 @@ class HardwareConfig:
     dtype: str = "auto"
     compile: bool = False
     # torch's intra-op CPU threads (torch.set_num_threads); null or 0: torch's default, one per core.
-    # Fewer threads than cores keeps a CPU run fast when other processes share the cores (README)
+    # Fewer threads than cores keeps a CPU run fast when other processes share the cores (docs/benchmarks.md)
     threads: Optional[int] = None
 
 
@@ -145,7 +145,7 @@ class DataConfig:
     # true: the first malformed line is an error instead of being skipped and counted
     strict: bool = False
     # pretraining windows: "concat" cuts the stream of documents anywhere; "bos_aligned" starts every
-    # window at a document's bos (longer documents cut, shorter ones packed best-fit; see README)
+    # window at a document's bos (longer documents cut, shorter ones packed best-fit; see docs/data.md)
     packing: str = "concat"
     # true: a token attends only to earlier tokens of its own document within a packed window
     document_mask: bool = False
@@ -325,7 +325,7 @@ class ExportConfig:
 
 @dataclass
 class ServeConfig(SamplingOptions):
-    """`python -m zer02llm.serve`: the OpenAI HTTP API over a checkpoint (README: Serving).
+    """`python -m zer02llm.serve`: the OpenAI HTTP API over a checkpoint (docs/serving.md).
 
     The sampling keys are the defaults of a request that does not set them (max_new_tokens for a missing
     max_tokens, seed for a missing seed); top_k and repetition_penalty, which OpenAI's API lacks, apply to

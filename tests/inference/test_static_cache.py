@@ -45,7 +45,7 @@ MOE = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_l
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Decoding a tiny model is a chain of small ops: on one thread a busy machine cannot stall them
-    (README, Benchmark), and the many generations here stay quick."""
+    (docs/benchmarks.md), and the many generations here stay quick."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

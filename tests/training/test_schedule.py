@@ -110,7 +110,7 @@ def test_hardware_threads_sets_torch_threads(tmp_path):
     assert torch.get_num_threads() == 2
     build_trainer(tmp_path, ["train.max_steps=10", "hardware.threads=1"])
     assert torch.get_num_threads() == 1
-    assert compose().hardware.threads == 1  # the cpu preset's default (README: measured on 2 shared cores)
+    assert compose().hardware.threads == 1  # the cpu preset's default (docs/benchmarks.md: measured on 2 shared cores)
     with pytest.raises(ConfigError, match=r"hardware.threads=-1: must be >= 1, or 0/null"):
         validate_run(OmegaConf.to_object(compose([*TINY, "hardware.threads=-1"])))
 

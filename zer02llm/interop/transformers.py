@@ -76,8 +76,7 @@ def architecture_for(cfg: ModelConfig, allow_dropless: bool = False) -> str:
     problems = export_problems(cfg, allow_dropless)
     if problems:
         raise InteropError("no architecture shipped with transformers reproduces this MoE model's outputs: "
-                           + "; ".join(problems) + ". Exportable MoE configurations: see README "
-                           "'Using your model elsewhere'")
+                           + "; ".join(problems) + ". Exportable MoE configurations: docs/interop.md")
     if not isinstance(cfg, MoEConfig):
         return LLAMA
     return GRANITE_MOE_SHARED if cfg.num_shared_experts > 0 else MIXTRAL

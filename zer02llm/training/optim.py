@@ -78,7 +78,7 @@ def continued_anchor(step: int, total_steps: int, saved_total: int, saved_anchor
 # --- the optimizers ------------------------------------------------------------------------------
 
 # 2-D yet kept on AdamW under optim=muon: a router's rows are per-expert logits (a classifier, like the
-# LM head, not a hidden map), and LoRA's factors train as the LoRA recipes do, with AdamW (README)
+# LM head, not a hidden map), and LoRA's factors train as the LoRA recipes do, with AdamW (docs/optimizers.md)
 ADAMW_MATRICES = ("router", "lora_a", "lora_b")
 
 
