@@ -18,7 +18,7 @@ PACKAGE = Path(zer02llm.__file__).resolve().parent
 
 # lowest first; a module belongs to the longest prefix that names it
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["zer02llm.resources", "zer02llm.config"]),
+    ("foundation", ["zer02llm.resources", "zer02llm.config", "zer02llm.lazy"]),
     ("core", ["zer02llm.tokenizer", "zer02llm.hardware", "zer02llm.model"]),
     ("data and storage", ["zer02llm.data", "zer02llm.checkpoint"]),
     ("inference and interop", ["zer02llm.inference", "zer02llm.interop"]),

@@ -5,12 +5,10 @@ the model never learns them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zer02llm.lazy import lazy_exports
 
-# what this package offers, and the module that holds each: imported on first use, so that importing
-# one light piece (a config check, a dataclass) never loads the rest
-_OFFERS = {
+# what this package offers, and the module that holds each, imported on first use
+__getattr__, __all__ = lazy_exports(__name__, {
     "InteropError": "zer02llm.interop.transformers",
     "from_transformers": "zer02llm.interop.transformers",
     "is_transformers_dir": "zer02llm.interop.transformers",
@@ -18,11 +16,4 @@ _OFFERS = {
     "gguf_tensors": "zer02llm.interop.gguf",
     "write_gguf": "zer02llm.interop.gguf",
     "transformers_config": "zer02llm.interop.transformers",
-}
-__all__ = sorted(_OFFERS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _OFFERS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_OFFERS[name]), name)
+})

@@ -7,12 +7,10 @@ schedule, checkpoints, token and FLOP budgets, stop signals, torch.distributed, 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zer02llm.lazy import lazy_exports
 
-# what this package offers, and the module that holds each: imported on first use, so that importing
-# one light piece (a config check, a dataclass) never loads the rest
-_OFFERS = {
+# what this package offers, and the module that holds each, imported on first use
+__getattr__, __all__ = lazy_exports(__name__, {
     "DPO": "zer02llm.training.dpo",
     "NextToken": "zer02llm.training.next_token",
     "Objective": "zer02llm.training.objective",
@@ -24,11 +22,4 @@ _OFFERS = {
     "lr_at": "zer02llm.training.optim",
     "plan_budget": "zer02llm.training.budget",
     "validate_run": "zer02llm.training.preflight",
-}
-__all__ = sorted(_OFFERS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _OFFERS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_OFFERS[name]), name)
+})
