@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zer02llm.config import ModelConfig, MoEConfig
-from zer02llm.interop.transformers import InteropError
+from zer02llm.interop.transformers import InteropError, moe_layout_problems
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,19 +67,7 @@ def export_problems(cfg: ModelConfig, allow_dropless: bool = False) -> list[str]
         problems.append(f"model.num_shared_experts={cfg.num_shared_experts} (set 0: llama.cpp's llama architecture "
                         f"has routed experts only; format=transformers exports shared experts as "
                         f"GraniteMoeShared)")
-    if cfg.moe_layer_interval != 1:
-        problems.append(f"model.moe_layer_interval={cfg.moe_layer_interval} (set 1: llama.cpp's llama makes "
-                        f"every layer MoE once the model has experts)")
-    if cfg.experts_per_token == 1:
-        problems.append("model.experts_per_token=1 (set >= 2: with one expert per token zer02llm weighs its output "
-                        "by the router probability, llama.cpp by 1)")
-    elif not cfg.norm_topk_prob:
-        problems.append("model.norm_topk_prob=false (set true: llama.cpp's llama renormalises the top-k router "
-                        "probabilities)")
-    if cfg.capacity_factor > 0 and not allow_dropless:
-        problems.append(f"model.capacity_factor={cfg.capacity_factor} (llama.cpp's experts are dropless: where an "
-                        f"expert overflows, the export would keep the tokens that this model drops; "
-                        f"allow_dropless=true exports anyway, as the dropless model)")
+    problems += moe_layout_problems(cfg, "llama.cpp's llama layers", allow_dropless)
     return problems
 
 

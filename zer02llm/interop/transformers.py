@@ -50,25 +50,31 @@ class InteropError(ConfigError):
 
 # ---------------------------------------------------------------------------------------------- export
 
+def moe_layout_problems(cfg: MoEConfig, target: str, allow_dropless: bool = False) -> list[str]:
+    """Why a standard MoE layout (experts in every layer, top-k >= 2 renormalised, dropless), as `target`
+    computes it, would not reproduce `cfg`'s forward; the same rules for transformers' and llama.cpp's layers."""
+    problems = []
+    if cfg.moe_layer_interval != 1:
+        problems.append(f"model.moe_layer_interval={cfg.moe_layer_interval} (set 1: {target} put experts in every "
+                        f"layer)")
+    if cfg.experts_per_token == 1:
+        problems.append(f"model.experts_per_token=1 (set >= 2: with one expert per token zer02llm weighs its output "
+                        f"by the router probability, {target} by 1)")
+    elif not cfg.norm_topk_prob:
+        problems.append(f"model.norm_topk_prob=false (set true: {target} renormalise the top-k router "
+                        f"probabilities)")
+    if cfg.capacity_factor > 0 and not allow_dropless:
+        problems.append(f"model.capacity_factor={cfg.capacity_factor} ({target}'s MoE layers are dropless: where "
+                        f"an expert overflows, the export would keep the tokens that this model drops; "
+                        f"allow_dropless=true exports anyway, as the dropless model)")
+    return problems
+
+
 def export_problems(cfg: ModelConfig, allow_dropless: bool = False) -> list[str]:
     """Why `cfg` has no transformers architecture with exactly its forward (empty: it has one)."""
     if not isinstance(cfg, MoEConfig):
         return []
-    problems = []
-    if cfg.moe_layer_interval != 1:
-        problems.append(f"model.moe_layer_interval={cfg.moe_layer_interval} (set 1: Mixtral and GraniteMoeShared "
-                        f"put experts in every layer)")
-    if cfg.experts_per_token == 1:
-        problems.append("model.experts_per_token=1 (set >= 2: with one expert per token zer02llm weighs its output "
-                        "by the router probability, Mixtral and GraniteMoeShared by 1)")
-    elif not cfg.norm_topk_prob:
-        problems.append("model.norm_topk_prob=false (set true: Mixtral and GraniteMoeShared renormalise the top-k "
-                        "router probabilities)")
-    if cfg.capacity_factor > 0 and not allow_dropless:
-        problems.append(f"model.capacity_factor={cfg.capacity_factor} (transformers' MoE layers are dropless: where "
-                        f"an expert overflows, the export would keep the tokens that this model drops; "
-                        f"allow_dropless=true exports anyway, as the dropless model)")
-    return problems
+    return moe_layout_problems(cfg, "Mixtral and GraniteMoeShared", allow_dropless)
 
 
 def architecture_for(cfg: ModelConfig, allow_dropless: bool = False) -> str:
