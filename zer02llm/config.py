@@ -296,6 +296,53 @@ class EvalConfig(SamplingOptions):
 
 
 @dataclass
+class EvaluateConfig:
+    """`python -m zer02llm.evaluate`: score a model on tasks (docs/evaluation.md), or compare runs' reports."""
+
+    # a checkpoint directory (…/checkpoints/last) or a run directory (its newest checkpoint)
+    checkpoint: Optional[str] = None
+    # task files (.jsonl, .parquet), task or suite specs (.yaml, .json), or shipped suites (sample)
+    tasks: list[str] = field(default_factory=lambda: ["sample"])
+    # few-shot examples per item for every task; null: each task's own num_fewshot
+    num_fewshot: Optional[int] = None
+    # the first `limit` items of each task; null: all of them
+    limit: Optional[int] = None
+    # which few-shot examples each item gets
+    seed: int = 1234
+    # generative tasks of format auto: true asks through the chat template; null: chat for SFT and DPO checkpoints
+    chat: Optional[bool] = None
+    # a LoRA adapter directory merged into the checkpoint's weights
+    adapter: Optional[str] = None
+    device: str = "auto"
+    # torch's CPU threads (null/0: one per core); 1 suits a machine whose cores other processes share
+    threads: Optional[int] = 1
+    # null: the tokenizer the checkpoint was trained with
+    tokenizer_path: Optional[str] = None
+    # the results JSON; null: eval_results.json in the run directory (in the checkpoint outside a run)
+    output: Optional[str] = None
+    # run directories whose report cards to set side by side (no model is loaded); the table goes to stdout
+    compare: list[str] = field(default_factory=list)
+
+
+def evaluate_problems(cfg: EvaluateConfig) -> list[str]:
+    """What is wrong with an evaluate command's settings (empty when they are valid)."""
+    if cfg.compare:
+        return [] if len(cfg.compare) >= 1 else ["compare=[]: name at least one run directory"]
+    problems = []
+    if not cfg.checkpoint:
+        problems.append("checkpoint=<dir> is required: a checkpoint (…/checkpoints/last) or a run directory")
+    if not cfg.tasks:
+        problems.append("tasks=[]: name at least one task, e.g. tasks=[sample] or tasks=[my_task.jsonl]")
+    if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
+        problems.append(f"num_fewshot={cfg.num_fewshot}: must be >= 0, or null for each task's own")
+    if cfg.limit is not None and cfg.limit <= 0:
+        problems.append(f"limit={cfg.limit}: must be > 0, or null for every item")
+    if cfg.threads is not None and cfg.threads < 0:
+        problems.append(f"threads={cfg.threads}: must be >= 1, or 0/null for torch's default (one per core)")
+    return problems
+
+
+@dataclass
 class ExportConfig:
     """`python -m zer02llm.export`: a checkpoint as a transformers model directory (README: Using your model elsewhere)."""
 
@@ -627,6 +674,9 @@ def register_configs() -> None:
         ("export", ExportConfig, "python -m zer02llm.export checkpoint=<dir> output=<dir>: write a checkpoint as a "
                                  "transformers model directory.\nExample: checkpoint=outputs/<date>/<time> "
                                  "output=exported/ [overwrite=true]"),
+        ("evaluate", EvaluateConfig, "python -m zer02llm.evaluate checkpoint=<dir> [tasks=[...]]: score a model on "
+                                     "tasks (docs/evaluation.md).\nExample: checkpoint=outputs/<date>/<time> "
+                                     "tasks=[sample]; compare=[<run>,<run>] sets runs' report cards side by side"),
         ("serve", ServeConfig, "python -m zer02llm.serve checkpoint=<dir> [host=127.0.0.1 port=8000]: serve the "
                                "OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions).\nExample: "
                                "checkpoint=outputs/<date>/<time> port=8000 slots=2"),
