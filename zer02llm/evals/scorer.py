@@ -85,7 +85,7 @@ class ModelScorer:
         model, n = self.model, len(continuations)
         tokens = torch.tensor([context], device=self.device)
         cache = model.new_cache(1, len(context) + longest - 1)
-        first = F.log_softmax(model(tokens, cache=cache).logits[0, -1].float(), dim=-1)  # (vocab,)
+        first = F.log_softmax(model(tokens, cache=cache).logits[0, -1], dim=-1)  # (vocab,)
         rest = None
         if longest > 1:
             # the context's keys and values, once, for every continuation: a batch of n from here on
@@ -98,7 +98,7 @@ class ModelScorer:
             inputs = torch.zeros(n, longest - 1, dtype=torch.long, device=self.device)
             for i, c in enumerate(continuations):
                 inputs[i, :len(c) - 1] = torch.tensor(c[:-1], device=self.device)
-            rest = F.log_softmax(model(inputs, cache=shared).logits.float(), dim=-1)  # (n, longest - 1, vocab)
+            rest = F.log_softmax(model(inputs, cache=shared).logits, dim=-1)  # (n, longest - 1, vocab)
         scores = []
         for i, c in enumerate(continuations):
             logprobs = [first] + ([rest[i, j] for j in range(len(c) - 1)] if rest is not None else [])
