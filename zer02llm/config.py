@@ -188,6 +188,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # a checkpoint directory, or "auto" for the latest one in this run's directory
     resume: Optional[str] = None
+    # tasks scored at every evaluation (as `python -m zer02llm.evaluate tasks=[...]` takes them, e.g. [sample]):
+    # task/<name>/acc and task/core in the metrics rows, summary.json and wandb
+    eval_tasks: list[str] = field(default_factory=list)
+    # the first N items of each of eval_tasks at each evaluation; null: all of them
+    eval_tasks_limit: Optional[int] = None
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -588,6 +593,8 @@ def config_problems(cfg: Config) -> list[str]:
     for key, value in {"train.beta1": train.beta1, "train.beta2": train.beta2}.items():
         if not 0.0 <= value < 1.0:
             problems.append(f"{key}={value}: must be in [0, 1)")
+    if train.eval_tasks_limit is not None and train.eval_tasks_limit <= 0:
+        problems.append(f"train.eval_tasks_limit={train.eval_tasks_limit}: must be > 0, or null for every item")
     if train.eval_batches == 0 or train.eval_batches < -1:
         problems.append(f"train.eval_batches={train.eval_batches}: must be > 0, or -1 for the whole set")
     if data.seq_len > cfg.model.max_seq_len > 0:

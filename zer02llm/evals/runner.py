@@ -51,8 +51,10 @@ class TaskRunner:
     """Scores tasks on one model. `chat`: whether generative tasks of format "auto" ask through the chat
     template (SFT and DPO checkpoints); a task's own "plain" or "chat" wins."""
 
-    def __init__(self, lm: LanguageModel, tokenizer: Tokenizer, seed: int = 1234, chat: bool = False):
+    def __init__(self, lm: LanguageModel, tokenizer: Tokenizer, seed: int = 1234, chat: bool = False,
+                 shown: Optional[int] = SHOWN_EXAMPLES):
         self.lm, self.tokenizer, self.seed, self.chat = lm, tokenizer, seed, chat
+        self.shown = shown  # items kept with their answers in a result; None: all of them
         self._template = None
 
     def run(self, task: Task, limit: Optional[int] = None) -> TaskResult:
@@ -70,7 +72,7 @@ class TaskRunner:
         seconds = time.perf_counter() - started
         chance = task.chance_accuracy(items)
         return TaskResult(task.name, task.kind, len(items), task.num_fewshot, metrics, chance,
-                          centered(metrics["acc"], chance), seconds, examples[:SHOWN_EXAMPLES])
+                          centered(metrics["acc"], chance), seconds, examples[:self.shown])
 
     def multiple_choice(self, task: Task, items: list[Item], shots: list[list[Item]]):
         requests = []
@@ -88,7 +90,7 @@ class TaskRunner:
             right += chosen == item.answer
             right_norm += chosen_norm == item.answer
             examples.append({"context": item.context, "answer": item.choices[item.answer],
-                             "chosen": item.choices[chosen], "logprobs": [round(lp, 4) for lp in logprobs]})
+                             "chosen": item.choices[chosen], "logprobs": logprobs})
         return {"acc": right / len(items), "acc_norm": right_norm / len(items)}, examples
 
     def cloze(self, task: Task, items: list[Item], shots: list[list[Item]]):
@@ -99,7 +101,7 @@ class TaskRunner:
             requests.append((context_ids, [target_ids]))
         scores = [s[0] for s in self.lm.loglikelihoods(requests)]
         examples = [{"context": item.context[-200:], "target": item.target, "greedy": s.greedy,
-                     "logprob": round(s.logprob, 4)} for item, s in zip(items, scores)]
+                     "logprob": s.logprob} for item, s in zip(items, scores)]
         return {"acc": sum(s.greedy for s in scores) / len(items)}, examples
 
     def generative(self, task: Task, items: list[Item], shots: list[list[Item]]):
@@ -163,6 +165,18 @@ def run_tasks(lm: LanguageModel, tokenizer: Tokenizer, tasks: Sequence[Task], se
             task.num_fewshot = num_fewshot
         results.append(runner.run(task, limit))
     return results
+
+
+def task_scores(model: Any, tokenizer: Tokenizer, tasks: Sequence[Task], chat: bool = False,
+                limit: Optional[int] = None) -> dict[str, float]:
+    """The flat task figures of a model being trained (left in the mode it was in): the trainer's eval steps."""
+    from zer02llm.evals.scorer import make_scorer
+
+    was_training = model.training
+    try:
+        return flat_scores(run_tasks(make_scorer(model), tokenizer, tasks, chat=chat, limit=limit))
+    finally:
+        model.train(was_training)
 
 
 def results_dict(results: Sequence[TaskResult]) -> dict[str, Any]:

@@ -78,9 +78,8 @@ class ModelScorer:
         if not context or any(not c for c in continuations):
             raise ValueError("a context and every continuation need at least one token (the context: bos)")
         longest = max(len(c) for c in continuations)
-        if longest >= self.max_len:
-            raise ValueError(f"a continuation of {longest} tokens leaves no room for its context in the model's "
-                             f"{self.max_len}")
+        if longest > self.max_len:  # the model reads the context's last token and all but the last of these
+            raise ValueError(f"a continuation of {longest} tokens is longer than the model's {self.max_len}")
         context = context[-(self.max_len - longest + 1):]  # the last context token predicts the first one
         model, n = self.model, len(continuations)
         tokens = torch.tensor([context], device=self.device)

@@ -120,7 +120,7 @@ def parse_item(record: Any, kind: str, where: str) -> Item:
 def read_records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) of each line of a JSONL file or row of a Parquet file, blank lines skipped."""
     if not path.is_file():
-        raise FileNotFoundError(f"task file {path}: no such file")
+        raise ConfigError(f"task file {path}: no such file")
     if path.suffix == ".parquet":
         from zer02llm.data.sources import require
 
