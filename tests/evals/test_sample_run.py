@@ -71,7 +71,7 @@ def test_a_chained_run_links_its_parents_report_and_runs_compare(default_run, tm
     link = re.search(r"started from the weights of \[run\]\(([^)]+)\)", report)
     assert link, report[:500]
     assert ((tmp_path / "sft" / link.group(1)).resolve() == (default_run / "report.md").resolve())
-    assert "At the end of training (train.eval_tasks):" in report and "task/core" in report
+    assert "At the end of training (train.eval_tasks):" in report and "| core |" in report
     assert "- **What is 3 plus 4?** →" in report  # an SFT model is asked in chat
     proc = run_module("zer02llm.evaluate", [f"compare=[{default_run},{tmp_path / 'sft'}]"], cwd=tmp_path)
     assert proc.stdout.splitlines()[0] == "| run | run | sft |"

@@ -45,6 +45,21 @@ def test_shared_context_scores_equal_a_naive_loop_over_whole_sequences(model):
         assert score.greedy == greedy
 
 
+@pytest.mark.parametrize("batch_tokens", [1, 64, 10_000])
+def test_requests_batched_together_score_as_each_alone(model, batch_tokens):
+    """Rows of different lengths padded into one forward (or one row per forward): the naive loop's numbers."""
+    gen = torch.Generator().manual_seed(1)
+    requests = [(torch.randint(0, 97, (n,), generator=gen).tolist(),
+                 [torch.randint(0, 97, (m,), generator=gen).tolist() for m in lengths])
+                for n, lengths in ((3, (2, 5)), (17, (1, 1, 1)), (1, (6,)), (9, (3, 4, 2, 1)))]
+    scored = ModelScorer(model, batch_tokens=batch_tokens).loglikelihoods(requests)
+    for (context, continuations), scores in zip(requests, scored):
+        for continuation, score in zip(continuations, scores):
+            expected, greedy = naive_logprob(model, context, continuation)
+            assert score.logprob == pytest.approx(expected, abs=1e-9)
+            assert score.greedy == greedy
+
+
 def test_greedy_is_true_exactly_when_every_token_is_the_argmax(model):
     context = [5, 17, 3]
     continuation = []

@@ -61,51 +61,110 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return context_ids, whole[len(context_ids):]
 
 
-class ModelScorer:
-    """LanguageModel over a Transformer: one request at a time, its context's keys and values computed once
-    and shared by all of its continuations (run as one batch)."""
+@dataclass
+class Row:
+    """One request packed into a row: its context once, then each continuation but its last token (nothing
+    follows that one), each continuation seeing the context and its own earlier tokens only."""
 
-    def __init__(self, model: Transformer, max_len: Optional[int] = None):
+    tokens: list[int]
+    segments: list[int]  # 0: the context; j + 1: continuation j
+    positions: list[int]  # continuation j restarts where the context ends: each reads as if it alone followed
+    predict_at: list[list[int]]  # per continuation, the row index whose output predicts each of its tokens
+
+
+def pack(context: list[int], continuations: list[list[int]], max_len: int) -> Row:
+    if not context or any(not c for c in continuations):
+        raise ValueError("a context and every continuation need at least one token (the context: bos)")
+    longest = max(len(c) for c in continuations)
+    if longest > max_len:  # the model reads the context's last token and all but the last of these
+        raise ValueError(f"a continuation of {longest} tokens is longer than the model's {max_len}")
+    context = context[-(max_len - longest + 1):]  # the last context token predicts the first one
+    tokens, segments, positions = list(context), [0] * len(context), list(range(len(context)))
+    predict_at = []
+    for j, continuation in enumerate(continuations):
+        start = len(tokens)
+        tokens += continuation[:-1]
+        segments += [j + 1] * (len(continuation) - 1)
+        positions += range(len(context), len(context) + len(continuation) - 1)
+        predict_at.append([len(context) - 1] + list(range(start, start + len(continuation) - 1)))
+    return Row(tokens, segments, positions, predict_at)
+
+
+class ModelScorer:
+    """LanguageModel over a Transformer. Requests are packed a row each (the context's keys and values computed
+    once, shared by all of its continuations) and rows batched into one forward, with an attention mask that
+    keeps the continuations of a row apart; only the outputs that predict a continuation token go through the
+    LM head. Greedy replies go through sampling.generate, one prompt at a time."""
+
+    def __init__(self, model: Transformer, max_len: Optional[int] = None, batch_tokens: int = 8192):
         self.model = model.eval()
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.device = model.tok_embeddings.weight.device
+        self.batch_tokens = batch_tokens  # padded tokens per forward (rows x longest row)
 
     @torch.no_grad()
     def loglikelihoods(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[Score]]:
-        return [self.score(context, continuations) for context, continuations in requests]
+        rows = [pack(context, continuations, self.max_len) for context, continuations in requests]
+        results: list[list[Score]] = [[] for _ in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].tokens))  # alike lengths: little padding
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) + 1) * len(rows[i].tokens) > self.batch_tokens:
+                self._score_batch([rows[b] for b in batch], [requests[b][1] for b in batch], results, batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            self._score_batch([rows[b] for b in batch], [requests[b][1] for b in batch], results, batch)
+        return results
 
-    def score(self, context: list[int], continuations: list[list[int]]) -> list[Score]:
-        if not context or any(not c for c in continuations):
-            raise ValueError("a context and every continuation need at least one token (the context: bos)")
-        longest = max(len(c) for c in continuations)
-        if longest > self.max_len:  # the model reads the context's last token and all but the last of these
-            raise ValueError(f"a continuation of {longest} tokens is longer than the model's {self.max_len}")
-        context = context[-(self.max_len - longest + 1):]  # the last context token predicts the first one
-        model, n = self.model, len(continuations)
-        tokens = torch.tensor([context], device=self.device)
-        cache = model.new_cache(1, len(context) + longest - 1)
-        first = F.log_softmax(model(tokens, cache=cache).logits[0, -1], dim=-1)  # (vocab,)
-        rest = None
-        if longest > 1:
-            # the context's keys and values, once, for every continuation: a batch of n from here on
-            shared = model.new_cache(n, len(context) + longest - 1)
-            shared.keys[:, :, :, :len(context)] = cache.keys[:, :, :, :len(context)]
-            shared.values[:, :, :, :len(context)] = cache.values[:, :, :, :len(context)]
-            shared.length = len(context)
-            # the continuations' tokens but their last (nothing follows it), right-padded: padding comes after
-            # every token that is scored, so causal attention keeps it out of their logits
-            inputs = torch.zeros(n, longest - 1, dtype=torch.long, device=self.device)
-            for i, c in enumerate(continuations):
-                inputs[i, :len(c) - 1] = torch.tensor(c[:-1], device=self.device)
-            rest = F.log_softmax(model(inputs, cache=shared).logits, dim=-1)  # (n, longest - 1, vocab)
-        scores = []
-        for i, c in enumerate(continuations):
-            logprobs = [first] + ([rest[i, j] for j in range(len(c) - 1)] if rest is not None else [])
-            targets = torch.tensor(c, device=self.device)
-            stacked = torch.stack(logprobs)  # (len(c), vocab)
-            picked = stacked.gather(1, targets[:, None])[:, 0]
-            scores.append(Score(float(picked.double().sum()), bool((stacked.argmax(-1) == targets).all()), len(c)))
-        return scores
+    def _score_batch(self, rows: list[Row], continuations: list[list[list[int]]], results: list[list[Score]],
+                     indices: list[int]) -> None:
+        model, device = self.model, self.device
+        width = max(len(r.tokens) for r in rows)
+        tokens = torch.zeros(len(rows), width, dtype=torch.long)
+        segments = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding
+        positions = torch.zeros(len(rows), width, dtype=torch.long)
+        for b, r in enumerate(rows):
+            n = len(r.tokens)
+            tokens[b, :n], segments[b, :n], positions[b, :n] = (torch.tensor(r.tokens), torch.tensor(r.segments),
+                                                                 torch.tensor(r.positions))
+        tokens, segments, positions = tokens.to(device), segments.to(device), positions.to(device)
+        # a query sees earlier keys of the context and of its own continuation; padding sees only itself
+        earlier = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+        mask = earlier & ((seg_k == 0) | (seg_k == seg_q)) & (seg_q >= 0)
+        mask |= torch.eye(width, dtype=torch.bool, device=device)
+        hidden = self.hidden_states(tokens, positions, mask[:, None])  # (B, width, dim)
+        # the outputs that predict a continuation token, and the tokens they predict
+        where_b, where_t, targets = [], [], []
+        for b, (r, conts) in enumerate(zip(rows, continuations)):
+            for at, c in zip(r.predict_at, conts):
+                where_b += [b] * len(at)
+                where_t += at
+                targets += c
+        logits = model.lm_head(model.norm(hidden[torch.tensor(where_b, device=device),
+                                                 torch.tensor(where_t, device=device)]))
+        logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        target_ids = torch.tensor(targets, device=device)
+        picked = logprobs.gather(1, target_ids[:, None])[:, 0].double().cpu().tolist()
+        hits = (logprobs.argmax(-1) == target_ids).cpu().tolist()
+        k = 0
+        for b, conts in enumerate(continuations):
+            scores = []
+            for c in conts:
+                scores.append(Score(sum(picked[k:k + len(c)]), all(hits[k:k + len(c)]), len(c)))
+                k += len(c)
+            results[indices[b]] = scores
+
+    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The final blocks' output (B, T, dim) under a dense attention mask (B, 1, T, T): Transformer.forward's
+        path without its LM head, which would turn every position into logits where only a few are needed."""
+        model = self.model
+        x = model.tok_embeddings(tokens)
+        cos, sin = model.rope_cos[positions].unsqueeze(1), model.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+        for layer in model.layers:
+            x, _ = layer(x, cos, sin, None, mask)
+        return x
 
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  stop: Optional[Callable[[list[int]], bool]] = None) -> list[list[int]]:
