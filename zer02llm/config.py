@@ -331,8 +331,8 @@ class EvaluateConfig:
 
 def evaluate_problems(cfg: EvaluateConfig) -> list[str]:
     """What is wrong with an evaluate command's settings (empty when they are valid)."""
-    if cfg.compare:
-        return [] if len(cfg.compare) >= 1 else ["compare=[]: name at least one run directory"]
+    if cfg.compare:  # reads run directories only: the other keys are not used
+        return []
     problems = []
     if not cfg.checkpoint:
         problems.append("checkpoint=<dir> is required: a checkpoint (…/checkpoints/last) or a run directory")

@@ -128,3 +128,13 @@ def test_generate_until_stops_at_the_until_strings(setup):
     stop = free[len(free) // 2:len(free) // 2 + 1]
     cut = lm.generate_until([Instance("generate_until", {}, ("Today is", {"until": [stop], "max_gen_toks": 12}), 0)])
     assert cut[0] == free[:free.index(stop)]
+
+
+def test_model_args_win_over_lm_evals_device_default(setup):
+    """lm-eval's command line passes device=cuda:0 unless told otherwise; model_args' device=cpu is no clash."""
+    import zer02llm.evals.lm_eval_model as harness
+
+    root, _ = setup
+    lm = harness.Zer02LLM.create_from_arg_string(f"checkpoint={root / 'model'},device=cpu",
+                                                 {"device": "cuda:0", "batch_size": 1})
+    assert lm.loaded.model.tok_embeddings.weight.device.type == "cpu"

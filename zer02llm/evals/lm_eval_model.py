@@ -45,9 +45,16 @@ class Zer02LLM(LM):
                  tokenizer_path: Optional[str] = None, threads: Optional[int] = None,
                  max_length: Optional[int] = None, **unused: Any):
         super().__init__()
+        import torch
+
         from zer02llm.inference.loading import load_for_inference
 
-        loaded = load_for_inference(str(checkpoint), str(device), adapter, tokenizer_path, False, threads)
+        device = str(device or "auto")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line asks for cuda:0 unless told otherwise
+            log.warning("device=%s: no CUDA device here, scoring on the CPU", device)
+            device = "cpu"
+        loaded = load_for_inference(str(checkpoint), device, adapter, tokenizer_path, False, threads)
         model_len = loaded.model.cfg.max_seq_len
         self.max_length = int(max_length) if max_length else min(loaded.trained_seq_len or model_len, model_len)
         self.loaded, self.tokenizer = loaded, loaded.tokenizer
@@ -55,6 +62,19 @@ class Zer02LLM(LM):
         self.bos_text = self.tokenizer.id_to_token(self.tokenizer.bos_id) or ""
         self._template = None
         self._warned_sampling = False
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: Optional[dict] = None) -> "Zer02LLM":
+        """model_args win over lm-eval's own settings (its --device defaults to cuda:0): `device=cpu` in
+        model_args is not a clash with that default."""
+        from lm_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        return cls(**{**{k: v for k, v in (additional_config or {}).items() if v is not None}, **args})
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: Optional[dict] = None) -> "Zer02LLM":
+        return cls(**{**{k: v for k, v in (additional_config or {}).items() if v is not None}, **arg_dict})
 
     # --- what lm-eval asks -------------------------------------------------------------------
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:

@@ -104,6 +104,19 @@ class ModelScorer:
 
     @torch.no_grad()
     def loglikelihoods(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[Score]]:
+        # an FSDP2-sharded model (train.eval_tasks with distributed.strategy=fsdp): hidden_states() bypasses the
+        # root's forward, whose hook would gather the root's own parameters (embeddings, final norm, LM head);
+        # each block's hook still gathers the block's
+        sharded = hasattr(self.model, "unshard") and hasattr(self.model, "reshard")
+        if sharded:
+            self.model.unshard()
+        try:
+            return self._loglikelihoods(requests)
+        finally:
+            if sharded:
+                self.model.reshard()
+
+    def _loglikelihoods(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[Score]]:
         rows = [pack(context, continuations, self.max_len) for context, continuations in requests]
         results: list[list[Score]] = [[] for _ in rows]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].tokens))  # alike lengths: little padding
