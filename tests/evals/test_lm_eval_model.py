@@ -138,3 +138,18 @@ def test_model_args_win_over_lm_evals_device_default(setup):
     lm = harness.Zer02LLM.create_from_arg_string(f"checkpoint={root / 'model'},device=cpu",
                                                  {"device": "cuda:0", "batch_size": 1})
     assert lm.loaded.model.tok_embeddings.weight.device.type == "cpu"
+
+
+def test_a_chat_render_keeps_its_own_bos(setup):
+    """--apply_chat_template: the checkpoint's template; its render begins with bos, which is not doubled."""
+    import zer02llm.evals.lm_eval_model as harness
+
+    root, _ = setup
+    lm = harness.Zer02LLM(checkpoint=str(root / "model"), device="cpu")
+    text = lm.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}])
+    assert text == "<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n"
+    tokenizer = Tokenizer.load()
+    assert lm.context_ids(text) == tokenizer.encode(text) and lm.context_ids(text)[0] == tokenizer.bos_id
+    context, continuation = lm.encode(text, "3 plus 4 is 7.")
+    assert context + continuation == tokenizer.encode(text + "3 plus 4 is 7.")
+    assert lm.context_ids("Today is") == [tokenizer.bos_id] + tokenizer.encode("Today is")
