@@ -70,3 +70,18 @@ def test_unknown_names_and_repeated_tasks_are_refused(tmp_path):
         load_all(["nope"])
     with pytest.raises(ConfigError, match="two tasks are named 'days'"):
         load_all(["sample", "sample"])
+
+
+def test_the_shipped_suite_is_what_its_script_makes(tmp_path):
+    """scripts/make_sample_tasks.py rebuilds zer02llm/sample_data/tasks/ byte for byte (and checks each item)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample_tasks.py"), "--out-dir", str(tmp_path)],
+                   check=True, capture_output=True, timeout=120)
+    shipped = REPO / "zer02llm" / "sample_data" / "tasks"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    for path in tmp_path.iterdir():
+        assert path.read_bytes() == (shipped / path.name).read_bytes(), path.name
