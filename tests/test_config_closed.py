@@ -119,7 +119,7 @@ def test_help_lists_the_yaml_presets_and_no_schemas(tmp_path):
     assert "schema" not in text
 
 
-@pytest.mark.parametrize("module", ["zer02llm.generate", "zer02llm.eval"])
+@pytest.mark.parametrize("module", ["zer02llm.generate", "zer02llm.eval", "zer02llm.evaluate"])
 def test_generate_and_eval_help_offer_no_training_groups(module, tmp_path):
     text = run_module(module, ["--help"], cwd=tmp_path).stdout
     assert "checkpoint: null" in text

@@ -188,6 +188,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # a checkpoint directory, or "auto" for the latest one in this run's directory
     resume: Optional[str] = None
+    # tasks scored at every evaluation (as `python -m zer02llm.evaluate tasks=[...]` takes them, e.g. [sample]):
+    # task/<name>/acc and task/core in the metrics rows, summary.json and wandb
+    eval_tasks: list[str] = field(default_factory=list)
+    # the first N items of each of eval_tasks at each evaluation; null: all of them
+    eval_tasks_limit: Optional[int] = None
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -293,6 +298,53 @@ class EvalConfig(SamplingOptions):
     prompts_file: Optional[str] = None
     # where results go as JSONL ({"prompt", "response", ...} per line); null: only the terminal
     output: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """`python -m zer02llm.evaluate`: score a model on tasks (docs/evaluation.md), or compare runs' reports."""
+
+    # a checkpoint directory (…/checkpoints/last) or a run directory (its newest checkpoint)
+    checkpoint: Optional[str] = None
+    # task files (.jsonl, .parquet), task or suite specs (.yaml, .json), or shipped suites (sample)
+    tasks: list[str] = field(default_factory=lambda: ["sample"])
+    # few-shot examples per item for every task; null: each task's own num_fewshot
+    num_fewshot: Optional[int] = None
+    # the first `limit` items of each task; null: all of them
+    limit: Optional[int] = None
+    # which few-shot examples each item gets
+    seed: int = 1234
+    # generative tasks of format auto: true asks through the chat template; null: chat for SFT and DPO checkpoints
+    chat: Optional[bool] = None
+    # a LoRA adapter directory merged into the checkpoint's weights
+    adapter: Optional[str] = None
+    device: str = "auto"
+    # torch's CPU threads (null/0: one per core); 1 suits a machine whose cores other processes share
+    threads: Optional[int] = 1
+    # null: the tokenizer the checkpoint was trained with
+    tokenizer_path: Optional[str] = None
+    # the results JSON; null: eval_results.json in the run directory (in the checkpoint outside a run)
+    output: Optional[str] = None
+    # run directories whose report cards to set side by side (no model is loaded); the table goes to stdout
+    compare: list[str] = field(default_factory=list)
+
+
+def evaluate_problems(cfg: EvaluateConfig) -> list[str]:
+    """What is wrong with an evaluate command's settings (empty when they are valid)."""
+    if cfg.compare:  # reads run directories only: the other keys are not used
+        return []
+    problems = []
+    if not cfg.checkpoint:
+        problems.append("checkpoint=<dir> is required: a checkpoint (…/checkpoints/last) or a run directory")
+    if not cfg.tasks:
+        problems.append("tasks=[]: name at least one task, e.g. tasks=[sample] or tasks=[my_task.jsonl]")
+    if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
+        problems.append(f"num_fewshot={cfg.num_fewshot}: must be >= 0, or null for each task's own")
+    if cfg.limit is not None and cfg.limit <= 0:
+        problems.append(f"limit={cfg.limit}: must be > 0, or null for every item")
+    if cfg.threads is not None and cfg.threads < 0:
+        problems.append(f"threads={cfg.threads}: must be >= 1, or 0/null for torch's default (one per core)")
+    return problems
 
 
 @dataclass
@@ -547,6 +599,8 @@ def config_problems(cfg: Config) -> list[str]:
     for key, value in {"train.beta1": train.beta1, "train.beta2": train.beta2}.items():
         if not 0.0 <= value < 1.0:
             problems.append(f"{key}={value}: must be in [0, 1)")
+    if train.eval_tasks_limit is not None and train.eval_tasks_limit <= 0:
+        problems.append(f"train.eval_tasks_limit={train.eval_tasks_limit}: must be > 0, or null for every item")
     if train.eval_batches == 0 or train.eval_batches < -1:
         problems.append(f"train.eval_batches={train.eval_batches}: must be > 0, or -1 for the whole set")
     if data.seq_len > cfg.model.max_seq_len > 0:

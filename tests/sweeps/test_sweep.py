@@ -262,6 +262,20 @@ def test_a_sweep_of_jobs_without_metrics_still_gets_a_plot(tmp_path):
     assert md_rows(tmp_path / "summary.md") == [["0", "a=1"] + [""] * 10 + [INCOMPLETE]]
 
 
+def test_jobs_that_scored_tasks_get_a_core_column(tmp_path):
+    """train.eval_tasks' CORE (summary.json's task/core, else the last metrics row's) before the status."""
+    make_job(tmp_path, "0", ["train.lr=1e-3"], summary={"final_loss": 1.0, "task/core": 0.25})
+    make_job(tmp_path, "1", ["train.lr=1e-2"], metrics=[{"step": 5, "loss": 2.0, "task/core": -0.125}])
+    make_job(tmp_path, "2", ["train.lr=1e-1"], summary={"final_loss": 3.0})
+    summarize(tmp_path, echo=False)
+    assert "| tokens/s | wall time | CORE | status |" in (tmp_path / "summary.md").read_text()
+    assert [(r[0], r[-2], r[-1]) for r in md_rows(tmp_path / "summary.md")] == [
+        ("0", "+0.2500", OK), ("1", "-0.1250", INCOMPLETE), ("2", "", OK)]
+    rows = read_csv(tmp_path / "summary.csv")
+    assert list(rows[0])[len(sweep_summary.CSV_COLUMNS)] == "task_core"
+    assert [r["task_core"] for r in rows] == ["0.25", "-0.125", ""]
+
+
 def test_markdown_cells_escape_pipes(tmp_path):
     make_job(tmp_path, "0", ["prompt=a|b"], summary={"final_loss": 1.0})
     make_job(tmp_path, "1", ["prompt=c"], summary={"final_loss": 2.0})

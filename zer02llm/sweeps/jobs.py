@@ -53,6 +53,7 @@ class JobResult:
     final_val_bpb: Optional[float] = None  # bits per byte: comparable across tokenizers
     tokens_per_s: Optional[float] = None
     wall_seconds: Optional[float] = None
+    task_core: Optional[float] = None  # CORE of train.eval_tasks at the last evaluation (zer02llm/evals)
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
 
@@ -194,6 +195,7 @@ def read_job(job_dir: Path) -> JobResult:
         job.final_val_bpb = number(summary.get("final_val_bpb"))
         job.tokens_per_s = number(summary.get("tokens_per_s"))
         job.wall_seconds = number(summary.get("wall_seconds"))
+        job.task_core = number(summary.get("task/core"))
     else:  # no summary (yet): the last logged figures; parameters and wall time stay unknown
         steps = [int(r["step"]) for r in rows]
         job.steps = max(steps) if steps else None
@@ -203,6 +205,8 @@ def read_job(job_dir: Path) -> JobResult:
         job.final_val_bpb = bpbs[-1] if bpbs else None
         rates = [float(r["tokens_per_s"]) for r in rows if number(r.get("tokens_per_s")) is not None]
         job.tokens_per_s = sum(rates) / len(rates) if rates else None
+        cores = [float(r["task/core"]) for r in rows if number(r.get("task/core")) is not None]
+        job.task_core = cores[-1] if cores else None
 
     if status_file.get("status") == "FAILED":  # written at the job's end, so newer than any summary
         job.status, job.error = FAILED, str(status_file.get("error") or "the job raised an exception")

@@ -5,7 +5,8 @@
 writes into the sweep directory
 
     summary.md        the table (job, overrides, parameters, non-embedding parameters, steps, tokens,
-                      FLOPs, final train/val loss, val bits/byte, tokens/s, wall time, status), the
+                      FLOPs, final train/val loss, val bits/byte, tokens/s, wall time, CORE where jobs
+                      scored train.eval_tasks, status), the
                       overrides common to all jobs, the best job, the errors; the scaling fit; for an
                       Optuna search its best trial and trials
     summary.csv       the same figures unformatted, plus one column per swept key
@@ -135,7 +136,11 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
     common = common_overrides(jobs, swept)
     if common:
         lines.append(f"Common overrides: `{' '.join(common)}`.")
-    lines += ["", "| " + " | ".join(MD_HEADER) + " |", "|" + "|".join(MD_ALIGN) + "|"]
+    # CORE of train.eval_tasks, where jobs scored tasks: a column before the status
+    core = any(j.task_core is not None for j in jobs)
+    header, align = (MD_HEADER[:-1] + ["CORE"] + MD_HEADER[-1:], MD_ALIGN[:-1] + ["---:"] + MD_ALIGN[-1:]) if core \
+        else (MD_HEADER, MD_ALIGN)
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for job in jobs:
         params = _fmt_count(job.params)
         if job.active_params is not None and job.params is not None and job.active_params != job.params:
@@ -144,6 +149,8 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
                  "" if job.steps is None else str(job.steps), _fmt_count(job.tokens), _fmt_flops(job.flops),
                  _fmt_loss(job.final_loss), _fmt_loss(job.final_val_loss), _fmt_loss(job.final_val_bpb),
                  _fmt_rate(job.tokens_per_s), _fmt_seconds(job.wall_seconds), job.status]
+        if core:
+            cells.insert(-1, "" if job.task_core is None else f"{job.task_core:+.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     finished = [j for j in jobs if j.status == OK]
     for attr, what in (("final_val_loss", "final val loss"), ("final_loss", "final train loss")):
@@ -171,17 +178,19 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
 def write_csv(jobs: Sequence[JobResult], path: Path) -> Path:
     """summary.csv: the columns of CSV_COLUMNS, unformatted, then one column per swept key."""
     swept = swept_keys(jobs)
-    extra = [k if k not in CSV_COLUMNS else f"override.{k}" for k in swept]
+    core = ["task_core"] if any(j.task_core is not None for j in jobs) else []  # train.eval_tasks' CORE
+    extra = [k if k not in CSV_COLUMNS + core else f"override.{k}" for k in swept]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS + extra)
+    writer.writerow(CSV_COLUMNS + core + extra)
     for job in jobs:
         values = {override_key(o): override_value(o) for o in job.overrides}
         writer.writerow([job.name, job_label(job, swept)]
                         + [_csv_value(getattr(job, attr)) for attr in (
                             "params", "active_params", "non_embedding_params", "steps", "tokens", "flops_per_token",
                             "flops", "final_loss", "final_val_loss", "final_val_bpb", "tokens_per_s", "wall_seconds")]
-                        + [job.status, _csv_value(job.error)] + [values.get(k, "") for k in swept])
+                        + [job.status, _csv_value(job.error)] + [_csv_value(job.task_core) for _ in core]
+                        + [values.get(k, "") for k in swept])
     path.write_text(buffer.getvalue(), encoding="utf-8")
     return path
 

@@ -29,6 +29,7 @@ from zer02llm.training.budget import plan_budget
 from zer02llm.config import Config, ConfigError
 from zer02llm.hardware import resolve_device, set_threads
 from zer02llm.data.sampler import BatchSampler
+from zer02llm.evals.tasks import load_all as load_tasks
 from zer02llm.model import Transformer
 from zer02llm.model.lora import apply_lora, save_adapter
 from zer02llm.training.objectives import Batch, Computed, build_objective
@@ -67,6 +68,7 @@ class Trainer:
         # the mode: its datasets, how a batch becomes a loss, its validation figures
         self.objective = build_objective(cfg, self.tokenizer, self.device)
         self.train_data, self.val_sets = self.objective.datasets()
+        self.eval_tasks = load_tasks(list(cfg.train.eval_tasks))  # scored at eval steps beside the val sets
         self.sampler = BatchSampler(len(self.train_data), cfg.train.batch_size, cfg.train.seed,
                                     rank=self.env.rank, world_size=self.env.world_size)
         self.lr_anchor: Anchor = None  # set when a resumed run's total_steps differs from its checkpoint's
@@ -223,6 +225,13 @@ class Trainer:
             figures = self.objective.evaluate(self.model, dataset, self.device, self.env.rank, self.env.world_size,
                                               self.autocast)
             values.update(figures if name == "val" else {f"{name}/{key}": v for key, v in figures.items()})
+        if self.eval_tasks:  # every rank scores them (a sharded model's forward needs them all): same figures
+            from zer02llm.evals.runner import task_scores
+
+            chat = self.cfg.mode.name in ("sft", "dpo")
+            with self.autocast():
+                values.update(task_scores(self.model, self.tokenizer, self.eval_tasks, chat,
+                                          self.cfg.train.eval_tasks_limit))
         return values
 
     # --- state ------------------------------------------------------------------------------
@@ -405,7 +414,8 @@ class Trainer:
                         extra.update({f"{name}/tokens": n for name, n in self.source_tokens_seen.items()})
                         row = steps.train_row(self.step, loss, stats["lr"], stats["grad_norm"].item(),
                                               self.tokens_seen, {**extra, **moe_metrics(stats)})
-                    if self.val_sets and (self.step % cfg.train.eval_interval == 0 or self.step == self.total_steps):
+                    if (self.val_sets or self.eval_tasks) and (self.step % cfg.train.eval_interval == 0
+                                                               or self.step == self.total_steps):
                         values = self.evaluate()
                         steps.eval_done(self.step, values)
                         row = {"step": self.step, **row, **values}
@@ -428,9 +438,23 @@ class Trainer:
                    "non_embedding_params": self.model.num_params(exclude_embeddings=True),
                    "steps_this_session": self.step - start_step, "tokens": self.tokens_seen,
                    "flops_per_token": flops_per_token, "flops": flops_per_token * self.tokens_seen,
-                   **({"source_tokens": self.source_tokens_seen} if self.source_tokens_seen else {})}
+                   **({"source_tokens": self.source_tokens_seen} if self.source_tokens_seen else {}),
+                   **{key: value for key, value in steps.last.items() if key.startswith("task/")}}
         write_summary(self.run_dir / "summary.json", rows, figures, self.wall_seconds(), self.wall_seconds_before)
+        self.write_report()
         return steps.last
+
+    def write_report(self) -> None:
+        """report.md, the run's report card (zer02llm/evals/report.py); a failure is a warning, never the run's."""
+        from zer02llm.evals.report import write_report
+
+        try:
+            path = write_report(self.run_dir, None if self.sharded else self.model, self.tokenizer, self.device,
+                                self.dtype)
+            log.info("report card: %s", path)
+        except Exception as e:  # noqa: BLE001 - the model is trained and saved; the card is a convenience
+            log.warning("could not write the report card %s (%s: %s)", self.run_dir / "report.md",
+                        type(e).__name__, e)
 
     def stop_requested(self, stop: StopSignals) -> bool:
         """Whether any rank got a stop signal; all ranks agree, so they stop at the same step."""
