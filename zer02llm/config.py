@@ -688,6 +688,9 @@ def register_configs() -> None:
                                  "checkpoint as a transformers model directory, or as a GGUF file for llama.cpp and "
                                  "ollama.\nExample: checkpoint=outputs/<date>/<time> output=exported/ "
                                  "[format=gguf outtype=q8_0] [overwrite=true]"),
+        ("evaluate", EvaluateConfig, "python -m zer02llm.evaluate checkpoint=<dir> [tasks=[...]]: score a model on "
+                                     "tasks (docs/evaluation.md).\nExample: checkpoint=outputs/<date>/<time> "
+                                     "tasks=[sample]; compare=[<run>,<run>] sets runs' report cards side by side"),
         ("serve", ServeConfig, "python -m zer02llm.serve checkpoint=<dir> [host=127.0.0.1 port=8000]: serve the "
                                "OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions).\nExample: "
                                "checkpoint=outputs/<date>/<time> port=8000 slots=2"),
