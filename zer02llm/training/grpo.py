@@ -119,7 +119,7 @@ class GRPO(Objective):
                 self.model, self.train_set, indices, G, self.mode.temperature, (self.cfg.train.seed, number),
                 self.autocast)
             errors += bad
-            advantages = group_advantages(rewards, self.mode.scale_rewards).view(-1).float()
+            advantages = group_advantages(rewards, self.mode.scale_rewards).view(-1)  # float64: a few numbers
             prompts = [self.train_set.ids[i] for i in indices for _ in range(G)]
             inputs, targets = training_rows(prompts, completions, self.tokenizer.pad_id)
             old = self.logps(self.model, inputs, targets) if self.mode.updates_per_rollout > 1 else torch.zeros(0)

@@ -38,8 +38,9 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log-probabilities of each target token (N, T); 0 where the target is IGNORE_INDEX."""
-    return -F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+    """log-probabilities of each target token (N, T), float32 at least; 0 where the target is IGNORE_INDEX."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                             reduction="none").view(targets.shape)
 
 
@@ -85,7 +86,7 @@ def units(mask: torch.Tensor, loss_norm: str) -> int:
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy (N, T) of softmax(logits), in nats."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 

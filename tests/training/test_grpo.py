@@ -1,0 +1,193 @@
+"""mode=grpo: the objective's batches and loss against a naive per-completion loop, validation figures,
+config checks, and end-to-end runs (metrics, exact resume between the updates of one rollout batch;
+slow: held-out reward rising after SFT on the shipped sums, two ranks as one process)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zer02llm.config import Config, ConfigError, ModelConfig, validate
+from zer02llm.model import IGNORE_INDEX, Transformer
+from zer02llm.tokenizer import Tokenizer
+from zer02llm.training.grpo import GRPO, training_rows
+from zer02llm.training.rewards import Term
+
+from conftest import TINY, randomize, read_metrics, run_module, write_jsonl
+
+NO_AUTOCAST = contextlib.nullcontext
+PROMPTS = [{"prompt": "What is 2 plus 3?", "answer": "5"},
+           {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                              {"role": "user", "content": "What is 4 times 2?"}], "answer": 8},
+           {"prompt": "小明有三个苹果，又买了两个。他现在有几个？", "answer": "5"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.load()
+
+
+def toy_config(tmp_path: Path, **mode) -> Config:
+    cfg = Config()
+    cfg.mode.name = "grpo"
+    cfg.mode.group_size, cfg.mode.max_new_tokens, cfg.mode.beta = 3, 6, 0.0
+    for key, value in mode.items():
+        setattr(cfg.mode, key, value)
+    cfg.data.train_path = str(write_jsonl(tmp_path / "prompts.jsonl", PROMPTS))
+    cfg.data.val_path, cfg.data.seq_len = None, 96
+    cfg.train.batch_size = 2
+    return cfg
+
+
+def toy_model() -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=6400, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=128))
+    return randomize(model.double())
+
+
+def length_reward(completion: str, answer: str, prompt: str) -> float:
+    """Rewards that differ within a group (a random model's answers are never right)."""
+    return float(len(completion) % 5)
+
+
+def prepared(cfg: Config, tokenizer: Tokenizer, model: Transformer) -> tuple[GRPO, object]:
+    objective = GRPO(cfg, tokenizer, torch.device("cpu"))
+    objective.rewards.terms = [Term("length", 1.0, length_reward, False)]
+    train, _ = objective.datasets()
+    objective.prepare(model, torch.device("cpu"), NO_AUTOCAST)
+    return objective, train
+
+
+def naive_step_loss(policy, sampler, reference, objective, micro_batches, rewards_by_row):
+    """The step's loss from the formulas: one unpadded forward per completion, python sums over tokens."""
+    mode = objective.mode
+    G = mode.group_size
+    total, tokens = 0.0, 0
+    for indices, completions in micro_batches:
+        for p, i in enumerate(indices):
+            group = torch.tensor([rewards_by_row[(i, g)] for g in range(G)], dtype=torch.float64)
+            adv = (group - group.mean()) / (group.std() + 1e-4)
+            for g in range(G):
+                prompt, completion = objective.train_set.ids[i], completions[p * G + g]
+                ids = torch.tensor([prompt + completion])
+                logp = torch.log_softmax(policy(ids).logits[0].double(), -1)
+                with torch.no_grad():
+                    old = torch.log_softmax(sampler(ids).logits[0].double(), -1)
+                    ref = torch.log_softmax(reference(ids).logits[0].double(), -1)
+                for t, token in enumerate(completion):
+                    at = len(prompt) - 1 + t
+                    ratio = torch.exp(logp[at, token] - old[at, token])
+                    high = mode.clip_eps if mode.clip_eps_high is None else mode.clip_eps_high
+                    loss = -torch.min(ratio * adv[g], torch.clamp(ratio, 1 - mode.clip_eps, 1 + high) * adv[g])
+                    d = ref[at, token] - logp[at, token]
+                    total = total + loss + mode.beta * (torch.exp(d) - d - 1)
+                    tokens += 1
+    return total / tokens
+
+
+@pytest.mark.parametrize("updates,beta", [(1, 0.0), (2, 0.1)])
+def test_step_loss_and_gradient_equal_a_naive_per_completion_loop(tokenizer, tmp_path, updates, beta):
+    cfg = toy_config(tmp_path, updates_per_rollout=updates, beta=beta, clip_eps_high=0.3)
+    model = toy_model()
+    objective, train = prepared(cfg, tokenizer, model)
+    assert (objective.reference is not None) == (beta > 0)  # no second model without the KL term
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    micro = [[0, 2], [1]]
+    batches = objective.step_batches(lambda: [train.batch(m) for m in micro], step=0)
+    sampler = toy_model()
+    sampler.load_state_dict(start)
+    if updates > 1:  # move the policy away from the weights that sampled: ratios != 1, some clipped
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        assert objective.step_batches(lambda: pytest.fail("drew within a rollout batch"), step=1) is batches
+
+    completions, rewards_by_row = [], {}
+    for indices, batch in zip(micro, batches):
+        inputs, targets = batch[0], batch[1]
+        rows = []
+        for r in range(inputs.shape[0]):
+            keep = targets[r] != IGNORE_INDEX
+            rows.append(targets[r][keep].tolist())
+        completions.append((indices, rows))
+        for p, i in enumerate(indices):
+            for g in range(3):
+                text = tokenizer.decode([t for t in rows[p * 3 + g] if t != tokenizer.eos_id])
+                rewards_by_row[(i, g)] = length_reward(text, "", "")
+    # the trainer's weighting: each micro-batch's mean over its units (tokens) times its share of the step's
+    counts = [objective.counts(b) for b in batches]
+    total_units = sum(u for u, _ in counts)
+    step_loss, metrics = 0.0, []
+    for batch, (u, _) in zip(batches, counts):
+        computed = objective.compute(model, batch)
+        step_loss = step_loss + computed.loss * u / total_units
+        metrics.append(computed.metrics)
+    grads = torch.autograd.grad(step_loss, list(model.parameters()))
+    expected = naive_step_loss(model, sampler, sampler, objective, completions, rewards_by_row)
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    torch.testing.assert_close(step_loss, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    assert sum(g.abs().sum() for g in grads) > 0
+    # rollout figures over the whole rollout batch, the same in every micro-batch
+    all_rewards = torch.tensor(list(rewards_by_row.values()), dtype=torch.float64)
+    assert metrics[0]["reward"].item() == pytest.approx(all_rewards.mean().item())
+    assert metrics[1]["reward"].item() == metrics[0]["reward"].item()
+    lengths = [len(c) for _, rows in completions for c in rows]
+    assert metrics[0]["response_length"].item() == pytest.approx(sum(lengths) / len(lengths))
+    assert ("kl" in objective.metric_names) == (beta > 0)
+    if updates > 1:
+        assert any(m["clip_fraction"] > 0 for m in metrics)
+    else:
+        assert all(m["clip_fraction"] == 0 for m in metrics)
+
+
+def test_training_rows_align_targets_with_the_completion():
+    inputs, targets = training_rows([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], pad_id=0)
+    # row 0: 1 2 3 5 6 -> inputs 1 2 3 5, targets . . 5 6; row 1: 4 7 8 9 -> inputs 4 7 8, targets 7 8 9
+    assert inputs.tolist() == [[1, 2, 3, 5], [4, 7, 8, 0]]
+    assert targets.tolist() == [[-100, -100, 5, 6], [7, 8, 9, -100]]
+
+
+def test_validation_greedy_pass_at_1_and_pass_at_k(tokenizer, tmp_path):
+    cfg = toy_config(tmp_path, eval_samples=3)
+    model = toy_model()
+    objective, train = prepared(cfg, tokenizer, model)
+    objective.rewards.terms = [Term("first", 1.0, lambda c, a, p: float(c[:1] in "abcdefghijklm"), True)]
+    values = objective.evaluate(model, train, torch.device("cpu"), 0, 1, NO_AUTOCAST)
+    # by hand, from the same completions
+    greedy, rewards, correct, _ = objective.complete(model, train, [0, 1, 2], 1, 0.0, ("eval",), NO_AUTOCAST)
+    _, _, sampled, _ = objective.complete(model, train, [0, 1, 2], 3, cfg.mode.temperature,
+                                          (cfg.train.seed, "eval"), NO_AUTOCAST)
+    assert values["val_accuracy"] == pytest.approx(correct.float().mean().item())
+    assert values["val_reward"] == pytest.approx(rewards.mean().item()) == pytest.approx(-values["val_loss"])
+    assert values["val_pass@1"] == pytest.approx(sampled.float().mean().item())
+    assert values["val_pass@3"] == pytest.approx(sampled.any(dim=1).float().mean().item())
+    assert values["val_pass@3"] >= values["val_pass@1"]
+
+
+def test_bad_grpo_settings_are_refused_each_with_its_key():
+    cfg = Config()
+    cfg.mode.name = "grpo"
+    cfg.mode.group_size, cfg.mode.temperature, cfg.mode.clip_eps, cfg.mode.clip_eps_high = 1, 0.0, 1.5, 0.1
+    cfg.mode.beta, cfg.mode.updates_per_rollout, cfg.mode.loss_norm = -1.0, 0, "tokens"
+    cfg.mode.max_new_tokens, cfg.data.seq_len, cfg.mode.eval_samples = 600, 512, -1
+    cfg.distributed.strategy = "fsdp"
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    for key in ("mode.group_size=1", "mode.temperature=0.0", "mode.clip_eps=1.5", "mode.clip_eps_high=0.1",
+                "mode.beta=-1.0", "mode.updates_per_rollout=0", "mode.loss_norm='tokens'", "mode.max_new_tokens=600",
+                "mode.eval_samples=-1", "distributed.strategy=fsdp with mode=grpo"):
+        assert key in str(e.value)
+    validate(toy_config_default())
+
+
+def toy_config_default() -> Config:
+    cfg = Config()
+    cfg.mode.name = "grpo"
+    return cfg
