@@ -191,3 +191,53 @@ def toy_config_default() -> Config:
     cfg = Config()
     cfg.mode.name = "grpo"
     return cfg
+
+
+GRPO_ARGS = [*TINY, "mode=grpo", "data.seq_len=64", "mode.group_size=4", "mode.max_new_tokens=8",
+             "mode.updates_per_rollout=2", "mode.beta=0.05", "mode.eval_samples=2", "train.batch_size=2",
+             "train.max_steps=6", "train.lr=1e-3", "train.log_interval=1", "train.save_interval=3",
+             "train.eval_interval=6", "train.eval_batches=2"]
+
+
+def final_weights(run_dir: Path, step: int = 6) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """pretrain -> GRPO (two updates per rollout batch, KL) on the shipped sums; then the GRPO run resumed at
+    step 3, between the two updates of a rollout batch."""
+    work = tmp_path_factory.mktemp("grpo")
+    run_module("zer02llm.train", [*TINY, "train.max_steps=30", "train.lr=3e-3", "hydra.run.dir=pretrain"], cwd=work)
+    grpo = [*GRPO_ARGS, "mode.init_from=pretrain"]
+    run_module("zer02llm.train", [*grpo, "hydra.run.dir=runs/grpo"], cwd=work)
+    run_module("zer02llm.train", [*grpo, "train.resume=runs/grpo/checkpoints/step_0000003",
+                                  "hydra.run.dir=runs/resumed"], cwd=work)
+    return {"work": work, "grpo": work / "runs" / "grpo", "resumed": work / "runs" / "resumed"}
+
+
+def test_grpo_run_logs_its_figures_and_validates(runs):
+    rows = read_metrics(runs["grpo"])
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 7))
+    for name in ("reward", "reward_std", "accuracy", "response_length", "reward_errors", "clip_fraction", "entropy",
+                 "kl"):
+        assert all(name in r for r in train), name
+    assert all(0 < r["response_length"] <= 8 and r["entropy"] > 0 for r in train)
+    # the second update of each rollout batch sees the same rollout figures and a ratio away from 1
+    assert [r["reward"] for r in train[::2]] == [r["reward"] for r in train[1::2]]
+    assert all(r["kl"] == 0 for r in train[:1]) and any(r["kl"] > 0 for r in train[1:])
+    (val,) = [r for r in rows if "val_loss" in r]
+    assert val["step"] == 6 and {"val_reward", "val_accuracy", "val_pass@1", "val_pass@2"} <= set(val)
+    summary = json.loads((runs["grpo"] / "summary.json").read_text())
+    assert summary["mode"] == "grpo" and summary["final_val_loss"] == -val["val_reward"]
+
+
+def test_resume_between_the_updates_of_a_rollout_batch_is_bit_exact(runs):
+    uninterrupted, resumed = final_weights(runs["grpo"]), final_weights(runs["resumed"])
+    assert uninterrupted.keys() == resumed.keys()
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    rows = {r["step"]: r for r in read_metrics(runs["grpo"]) if "loss" in r}
+    again = {r["step"]: r for r in read_metrics(runs["resumed"]) if "loss" in r}
+    assert [again[s]["loss"] for s in (4, 5, 6)] == [rows[s]["loss"] for s in (4, 5, 6)]
