@@ -75,10 +75,11 @@ def naive_step_loss(policy, sampler, reference, objective, micro_batches, reward
             for g in range(G):
                 prompt, completion = objective.train_set.ids[i], completions[p * G + g]
                 ids = torch.tensor([prompt + completion])
-                logp = torch.log_softmax(policy(ids).logits[0].double(), -1)
+                T = mode.temperature
+                logp = torch.log_softmax(policy(ids).logits[0].double() / T, -1)
                 with torch.no_grad():
-                    old = torch.log_softmax(sampler(ids).logits[0].double(), -1)
-                    ref = torch.log_softmax(reference(ids).logits[0].double(), -1)
+                    old = torch.log_softmax(sampler(ids).logits[0].double() / T, -1)
+                    ref = torch.log_softmax(reference(ids).logits[0].double() / T, -1)
                 for t, token in enumerate(completion):
                     at = len(prompt) - 1 + t
                     ratio = torch.exp(logp[at, token] - old[at, token])
@@ -92,7 +93,7 @@ def naive_step_loss(policy, sampler, reference, objective, micro_batches, reward
 
 @pytest.mark.parametrize("updates,beta", [(1, 0.0), (2, 0.1)])
 def test_step_loss_and_gradient_equal_a_naive_per_completion_loop(tokenizer, tmp_path, updates, beta):
-    cfg = toy_config(tmp_path, updates_per_rollout=updates, beta=beta, clip_eps_high=0.3)
+    cfg = toy_config(tmp_path, updates_per_rollout=updates, beta=beta, clip_eps_high=0.3, temperature=0.8)
     model = toy_model()
     objective, train = prepared(cfg, tokenizer, model)
     assert (objective.reference is not None) == (beta > 0)  # no second model without the KL term

@@ -7,6 +7,8 @@ micro-batch into a training batch: prompt + completion, the completion's tokens 
 completion's advantage within its group, and, when needed, the log-probs of the weights that sampled
 (updates_per_rollout > 1) and of the starting weights (beta > 0). The steps then train on those batches
 through the loss of grpo_loss.py; the Trainer's step, accumulation and DDP are the same as any mode's.
+Every log-prob (policy, sampler, reference) and the entropy are those of the logits divided by
+mode.temperature: the distribution the completions were drawn from (as TRL does).
 
 The reference for the KL term is a frozen copy of the starting weights, held only when beta > 0, and
 its log-probs are computed once per rollout batch. Sampling needs no RNG state: each prompt of a
@@ -142,7 +144,7 @@ class GRPO(Objective):
         with self.autocast():
             logits = model(inputs.to(self.device)).logits
         model.train(was_training)
-        return token_logps(logits, targets.to(self.device)).cpu()
+        return token_logps(logits / self.mode.temperature, targets.to(self.device)).cpu()
 
     # --- training ---------------------------------------------------------------------------
     def counts(self, batch: Batch) -> tuple[int, int]:
@@ -152,7 +154,9 @@ class GRPO(Objective):
     def compute(self, forward: Callable[..., Output], batch: Batch) -> Computed:
         inputs, targets, advantages, old, ref = batch
         out = forward(inputs)
-        logps = token_logps(out.logits, targets)
+        # the distribution the rollouts were sampled from: the policy at mode.temperature
+        logits = out.logits / self.mode.temperature if self.mode.temperature != 1.0 else out.logits
+        logps = token_logps(logits, targets)
         mask = targets != IGNORE_INDEX
         # one update per rollout batch: the sampling weights are the current ones (ratio 1, no second forward)
         old = old if self.mode.updates_per_rollout > 1 else logps.detach()
@@ -162,7 +166,7 @@ class GRPO(Objective):
         n_tokens = mask.sum().clamp(min=1)
         with torch.no_grad():
             metrics = {"clip_fraction": (figures["clipped"] * mask).sum() / n_tokens,
-                       "entropy": (entropy(out.logits.detach()) * mask).sum() / n_tokens}
+                       "entropy": (entropy(logits.detach()) * mask).sum() / n_tokens}
             if "kl" in figures:
                 metrics["kl"] = (figures["kl"] * mask).sum() / n_tokens
         # the rollout's figures are already over all ranks: every micro-batch carries them, and the trainer's
