@@ -118,3 +118,16 @@ def test_bad_reward_settings_are_refused_each_with_its_key():
                      "reward.format_pattern is empty", "reward.length_target=0", "reward.function._target_='score'"):
         assert expected in problems
     assert reward_problems(RewardConfig()) == []
+
+
+def test_prompt_numbers_counts_the_questions_numbers_restated():
+    from zer02llm.training.rewards import prompt_numbers
+
+    assert prompt_numbers("7 plus 5 is 12.", "12", "What is 7 plus 5?") == 1.0
+    assert prompt_numbers("7 plus 4 is 11.", "12", "What is 7 plus 5?") == 0.5
+    assert prompt_numbers("7减7等于0。", "0", "7减7等于多少？") == 1.0  # one distinct number
+    assert prompt_numbers("12", "12", "no numbers here") == 0.0
+    shipped = Rewards(RewardConfig(numeric_rule="last",
+                                   function=FunctionReward("zer02llm.training.rewards.prompt_numbers", 0.5)))
+    assert shipped.score("7 plus 5 is 12.", "12", "What is 7 plus 5?").reward == 1.5
+    assert shipped.score("7 plus 4 is 12.", "12", "What is 7 plus 5?").reward == 1.25

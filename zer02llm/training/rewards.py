@@ -84,6 +84,17 @@ def length_penalty(completion: str, target: int) -> float:
     return -min(1.0, over / target) if over > 0 else 0.0
 
 
+def prompt_numbers(completion: str, answer: str, prompt: str) -> float:
+    """The share of the prompt's numbers (each distinct one) that the completion repeats: a process term
+    for arithmetic ("7 plus 5 is ..." restates the question before answering it), which a small model
+    learns long before the sums themselves. For reward.function._target_ (conf/reward/sums.yaml)."""
+    wanted = {_number(n) for n in NUMBER.findall(prompt)}
+    if not wanted:
+        return 0.0
+    given = {_number(n) for n in NUMBER.findall(completion)}
+    return len(wanted & given) / len(wanted)
+
+
 def import_function(path: str, key: str = "reward.function._target_") -> RewardFunction:
     """The callable at `path` ("package.module.name"); a ConfigError naming `key` when it cannot be had."""
     module_name, _, name = path.rpartition(".")
@@ -161,4 +172,4 @@ class Rewards:
 
 
 __all__ = ["Rewards", "Scored", "build_terms", "exact_match", "extract_number", "format_match", "import_function",
-           "length_penalty", "numeric_match", "regex_match"]
+           "length_penalty", "numeric_match", "prompt_numbers", "regex_match"]
