@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from zer02llm.training.rewards import Term
 from conftest import TINY, randomize, read_metrics, run_module, write_jsonl
 
 NO_AUTOCAST = contextlib.nullcontext
+REPO_SAMPLE = Path(__file__).resolve().parents[2] / "zer02llm" / "sample_data"
 PROMPTS = [{"prompt": "What is 2 plus 3?", "answer": "5"},
            {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                               {"role": "user", "content": "What is 4 times 2?"}], "answer": 8},
@@ -242,3 +244,55 @@ def test_resume_between_the_updates_of_a_rollout_batch_is_bit_exact(runs):
     rows = {r["step"]: r for r in read_metrics(runs["grpo"]) if "loss" in r}
     again = {r["step"]: r for r in read_metrics(runs["resumed"]) if "loss" in r}
     assert [again[s]["loss"] for s in (4, 5, 6)] == [rows[s]["loss"] for s in (4, 5, 6)]
+
+
+@pytest.mark.slow
+def test_two_ranks_roll_out_their_shares_and_train_as_one_process(runs):
+    """Each rank rolls out its prompts (the same samples: each prompt has its own seed) and the step's loss is
+    over all ranks' completion tokens: the run of one process, to float tolerance."""
+    work = runs["work"]
+    run_module("torch.distributed.run", ["--standalone", "--nproc_per_node=2", "-m", "zer02llm.train", *GRPO_ARGS,
+                                         "mode.init_from=pretrain", "train.batch_size=1", "train.eval_batches=4",
+                                         "hydra.run.dir=ddp"], cwd=work)
+    ddp = {r["step"]: r for r in read_metrics(work / "ddp")}
+    single = {r["step"]: r for r in read_metrics(runs["grpo"])}
+    assert ddp.keys() == single.keys()
+    for step, b in single.items():
+        for key in ("loss", "reward", "response_length", "kl", "val_reward", "val_response_length", "val_pass@2"):
+            if key in b:
+                assert ddp[step][key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), (step, key)
+    for name, tensor in final_weights(runs["grpo"]).items():
+        torch.testing.assert_close(final_weights(work / "ddp")[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def held_out_figures(checkpoint: Path, overrides: list[str]) -> dict[str, float]:
+    """GRPO's validation figures of a checkpoint on the shipped held-out sums, in this process."""
+    from zer02llm.inference.loading import load_for_inference
+    from zer02llm.train import checked_config
+
+    from conftest import compose
+
+    cfg = checked_config(compose(["mode=grpo", *overrides]))
+    loaded = load_for_inference(str(checkpoint), device="cpu")
+    objective = GRPO(cfg, loaded.tokenizer, torch.device("cpu"))
+    _, vals = objective.datasets()
+    return objective.evaluate(loaded.model, vals["val"], torch.device("cpu"), 0, 1, NO_AUTOCAST)
+
+
+DIGIT_FIRST = ["reward.numeric=0", "reward.format=1", "reward.format_pattern='^\\s*\\d'", "mode.max_new_tokens=8",
+               "mode.group_size=8", "data.seq_len=64", "train.eval_batches=-1"]
+
+
+@pytest.mark.slow
+def test_held_out_reward_rises_where_the_model_can_reach_it(runs):
+    """A reward the tiny pretrained model reaches now and then (its answer opens with a digit): 40 GRPO steps
+    raise it on the 100 held-out prompts far past where they started; a zero or sign-flipped gradient cannot."""
+    work = runs["work"]
+    run_module("zer02llm.train", [*TINY, "mode=grpo", "mode.init_from=pretrain", *DIGIT_FIRST, "train.batch_size=4",
+                                  "train.max_steps=40", "train.lr=3e-3", "train.eval_interval=40",
+                                  "hydra.run.dir=digit"], cwd=work)
+    before = held_out_figures(work / "pretrain", [*TINY, *DIGIT_FIRST])
+    after = held_out_figures(work / "digit", [*TINY, *DIGIT_FIRST])
+    print(f"held-out reward (an answer opening with a digit) before GRPO: {before}\nafter: {after}")
+    assert after["val_pass@1"] > before["val_pass@1"] + 0.3
+    assert after["val_reward"] >= before["val_reward"]

@@ -120,12 +120,14 @@ def test_bad_reward_settings_are_refused_each_with_its_key():
     assert reward_problems(RewardConfig()) == []
 
 
-def test_prompt_numbers_counts_the_questions_numbers_restated():
+def test_prompt_numbers_counts_the_questions_numbers_restated_at_the_start():
     from zer02llm.training.rewards import prompt_numbers
 
     assert prompt_numbers("7 plus 5 is 12.", "12", "What is 7 plus 5?") == 1.0
     assert prompt_numbers("7 plus 4 is 11.", "12", "What is 7 plus 5?") == 0.5
-    assert prompt_numbers("7减7等于0。", "0", "7减7等于多少？") == 1.0  # one distinct number
+    assert prompt_numbers("4 plus 5 is 9.", "12", "What is 7 plus 5?") == 0.0  # in order, from the start
+    assert prompt_numbers("3 7 5 9", "12", "What is 7 plus 5?") == 0.0  # listing numbers earns nothing
+    assert prompt_numbers("7减7等于0。", "0", "7减7等于多少？") == 1.0
     assert prompt_numbers("12", "12", "no numbers here") == 0.0
     shipped = Rewards(RewardConfig(numeric_rule="last",
                                    function=FunctionReward("zer02llm.training.rewards.prompt_numbers", 0.5)))

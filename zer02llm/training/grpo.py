@@ -17,8 +17,9 @@ run samples what the uninterrupted one did, and a checkpoint taken between the u
 batch holds that batch.
 
 Figures: the rollout's (all ranks') reward mean, reward_std (the mean of each group's std: how much a
-group tells apart), accuracy (answer terms all right), response_length (tokens, eos included) and
-reward_errors; per token, clip_fraction, entropy and kl (beta > 0). Validation on held-out prompts:
+group tells apart), accuracy (answer terms all right), response_length (tokens, eos included),
+reward_errors, rollout_seconds (making the rollout batch: sampling, scoring, the log-probs; a rank's
+mean) and rollout_tokens_per_s (completion tokens sampled per second of that, per rank); per token, clip_fraction, entropy and kl (beta > 0). Validation on held-out prompts:
 val_reward and val_accuracy of greedy completions (pass@1), val_pass@1 and val_pass@k of
 mode.eval_samples sampled ones (the share of prompts with one right of k), val_response_length, and
 val_loss = -val_reward, what a sweep minimises.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -45,7 +47,8 @@ from zer02llm.training.rewards import Rewards
 from zer02llm.training.rollout import prompt_seed, rollout
 
 log = logging.getLogger(__name__)
-ROLLOUT_FIGURES = ("reward", "reward_std", "accuracy", "response_length", "reward_errors")
+ROLLOUT_FIGURES = ("reward", "reward_std", "accuracy", "response_length", "reward_errors", "rollout_seconds",
+                   "rollout_tokens_per_s")
 TOKEN_FIGURES = ("clip_fraction", "entropy")
 
 
@@ -114,6 +117,7 @@ class GRPO(Objective):
         if self.model is None or self.train_set is None:
             raise RuntimeError("GRPO.prepare() and datasets() must run before the first step")
         G = self.mode.group_size
+        started = time.perf_counter()
         batches, sums = [], torch.zeros(6, dtype=torch.float64)  # reward, group stds, groups, correct, n, length
         errors = 0
         for indices in micro_batches:
@@ -130,11 +134,14 @@ class GRPO(Objective):
             sums += torch.tensor([rewards.sum().item(), rewards.std(dim=1).sum().item(), rewards.shape[0],
                                   correct.sum().item(), rewards.numel(), sum(len(c) for c in completions)],
                                  dtype=torch.float64)
-        totals = distributed.all_reduce_sum(torch.cat([sums, torch.tensor([float(errors)], dtype=torch.float64)])
-                                            .to(self.device)).cpu().tolist()
-        reward, stds, groups, right, n, length, errors_all = totals
+        seconds = time.perf_counter() - started
+        local = torch.tensor([float(errors), seconds], dtype=torch.float64)
+        totals = distributed.all_reduce_sum(torch.cat([sums, local]).to(self.device)).cpu().tolist()
+        reward, stds, groups, right, n, length, errors_all, seconds_all = totals
+        world_size = distributed.read_env().world_size
         figures = {"reward": reward / n, "reward_std": stds / groups, "accuracy": right / n,
-                   "response_length": length / n, "reward_errors": errors_all}
+                   "response_length": length / n, "reward_errors": errors_all,
+                   "rollout_seconds": seconds_all / world_size, "rollout_tokens_per_s": length / max(seconds_all, 1e-9)}
         return batches, figures
 
     def logps(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

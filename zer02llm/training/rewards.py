@@ -85,14 +85,20 @@ def length_penalty(completion: str, target: int) -> float:
 
 
 def prompt_numbers(completion: str, answer: str, prompt: str) -> float:
-    """The share of the prompt's numbers (each distinct one) that the completion repeats: a process term
-    for arithmetic ("7 plus 5 is ..." restates the question before answering it), which a small model
-    learns long before the sums themselves. For reward.function._target_ (conf/reward/sums.yaml)."""
-    wanted = {_number(n) for n in NUMBER.findall(prompt)}
+    """How far the completion opens by restating the prompt's numbers in order ("7 plus 5 is ..." for
+    "What is 7 plus 5?"): the share of the prompt's numbers matched before the first mismatch. A process
+    term for arithmetic that a small model learns long before the sums themselves; only the opening
+    counts, so listing numbers earns nothing. For reward.function._target_ (conf/reward/sums.yaml)."""
+    wanted = [_number(n) for n in NUMBER.findall(prompt)]
     if not wanted:
         return 0.0
-    given = {_number(n) for n in NUMBER.findall(completion)}
-    return len(wanted & given) / len(wanted)
+    given = [_number(n) for n in NUMBER.findall(completion)]
+    matched = 0
+    for want, got in zip(wanted, given):
+        if want != got:
+            break
+        matched += 1
+    return matched / len(wanted)
 
 
 def import_function(path: str, key: str = "reward.function._target_") -> RewardFunction:
