@@ -1,12 +1,11 @@
 """mode=grpo: the objective's batches and loss against a naive per-completion loop, validation figures,
 config checks, and end-to-end runs (metrics, exact resume between the updates of one rollout batch;
-slow: held-out reward rising after SFT on the shipped sums, two ranks as one process)."""
+slow: held-out reward rising where the model can reach it, two ranks as one process)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from zer02llm.training.rewards import Term
 from conftest import TINY, randomize, read_metrics, run_module, write_jsonl
 
 NO_AUTOCAST = contextlib.nullcontext
-REPO_SAMPLE = Path(__file__).resolve().parents[2] / "zer02llm" / "sample_data"
 PROMPTS = [{"prompt": "What is 2 plus 3?", "answer": "5"},
            {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                               {"role": "user", "content": "What is 4 times 2?"}], "answer": 8},
@@ -279,20 +277,22 @@ def held_out_figures(checkpoint: Path, overrides: list[str]) -> dict[str, float]
     return objective.evaluate(loaded.model, vals["val"], torch.device("cpu"), 0, 1, NO_AUTOCAST)
 
 
-DIGIT_FIRST = ["reward.numeric=0", "reward.format=1", "reward.format_pattern='^\\s*\\d'", "mode.max_new_tokens=8",
-               "mode.group_size=8", "data.seq_len=64", "train.eval_batches=-1"]
+SAYS_SOMETHING = ["reward.numeric=0", "reward.format=1", "reward.format_pattern='[a-zA-Z0-9]'",
+                  "mode.max_new_tokens=8", "mode.group_size=8", "data.seq_len=64", "train.eval_batches=-1"]
 
 
 @pytest.mark.slow
 def test_held_out_reward_rises_where_the_model_can_reach_it(runs):
-    """A reward the tiny pretrained model reaches now and then (its answer opens with a digit): 40 GRPO steps
-    raise it on the 100 held-out prompts far past where they started; a zero or sign-flipped gradient cannot."""
+    """A reward the tiny pretrained model reaches when sampling but not greedily: its answer holds a letter or
+    digit before eos (sampled, nearly always; greedy, eos comes first, reward 0). 40 GRPO steps must make the
+    greedy answers to the 100 held-out prompts earn it; a zero or sign-flipped gradient leaves eos first."""
     work = runs["work"]
-    run_module("zer02llm.train", [*TINY, "mode=grpo", "mode.init_from=pretrain", *DIGIT_FIRST, "train.batch_size=4",
+    run_module("zer02llm.train", [*TINY, "mode=grpo", "mode.init_from=pretrain", *SAYS_SOMETHING, "train.batch_size=4",
                                   "train.max_steps=40", "train.lr=3e-3", "train.eval_interval=40",
-                                  "hydra.run.dir=digit"], cwd=work)
-    before = held_out_figures(work / "pretrain", [*TINY, *DIGIT_FIRST])
-    after = held_out_figures(work / "digit", [*TINY, *DIGIT_FIRST])
-    print(f"held-out reward (an answer opening with a digit) before GRPO: {before}\nafter: {after}")
-    assert after["val_pass@1"] > before["val_pass@1"] + 0.3
-    assert after["val_reward"] >= before["val_reward"]
+                                  "hydra.run.dir=says"], cwd=work)
+    before = held_out_figures(work / "pretrain", [*TINY, *SAYS_SOMETHING])
+    after = held_out_figures(work / "says", [*TINY, *SAYS_SOMETHING])
+    print(f"held-out reward (an answer with a letter or digit) before GRPO: {before}\nafter: {after}")
+    assert before["val_reward"] < 0.2 and before["val_pass@1"] > 0.5  # reached by sampling, not greedily
+    assert after["val_reward"] > before["val_reward"] + 0.6
+    assert after["val_pass@1"] >= before["val_pass@1"] - 0.05
