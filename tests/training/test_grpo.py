@@ -259,8 +259,10 @@ def test_two_ranks_roll_out_their_shares_and_train_as_one_process(runs):
         for key in ("loss", "reward", "response_length", "kl", "val_reward", "val_response_length", "val_pass@2"):
             if key in b:
                 assert ddp[step][key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), (step, key)
+    # atol 1e-4: a few embedding rows that barely occur get near-zero gradients, whose float noise (batches of
+    # other shapes on each rank) Adam's normalisation scales up; measured 3e-5 on 3 of 204800 lm_head weights
     for name, tensor in final_weights(runs["grpo"]).items():
-        torch.testing.assert_close(final_weights(work / "ddp")[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(final_weights(work / "ddp")[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def held_out_figures(checkpoint: Path, overrides: list[str]) -> dict[str, float]:
