@@ -18,10 +18,9 @@ def test_advantages_of_hand_computed_groups():
     got = group_advantages(rewards, scale=True)
     # group 1: mean 0.5, unbiased std sqrt(4 * 0.25 / 3); group 3: mean 0.75, std sqrt((2.25^2 + 3 * 0.75^2) / 3)
     std1, std3 = math.sqrt(1 / 3), math.sqrt((2.25 ** 2 + 3 * 0.75 ** 2) / 3)
-    expected = torch.tensor([[0.5 / (std1 + ADVANTAGE_EPS), -0.5 / (std1 + ADVANTAGE_EPS)] * 2,
-                             [0.0] * 4,
-                             [2.25 / (std3 + ADVANTAGE_EPS)] + [-0.75 / (std3 + ADVANTAGE_EPS)] * 3], dtype=torch.float64)
-    expected[0] = torch.tensor([1, -1, -1, 1]) * 0.5 / (std1 + ADVANTAGE_EPS)
+    expected = torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [2.25, -0.75, -0.75, -0.75]], dtype=torch.float64)
+    expected[0] /= std1 + ADVANTAGE_EPS
+    expected[2] /= std3 + ADVANTAGE_EPS
     torch.testing.assert_close(got, expected)
     # all-equal rewards: exactly zero, never NaN; Dr. GRPO: only centred
     assert torch.equal(got[1], torch.zeros(4, dtype=torch.float64))
