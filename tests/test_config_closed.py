@@ -112,7 +112,8 @@ def _completions(script: str, line: str, cwd) -> list[str]:
 def test_help_lists_the_yaml_presets_and_no_schemas(tmp_path):
     text = run_module("zer02llm.train", ["--help"], cwd=tmp_path).stdout
     groups = {line.split(":")[0]: line.split(": ")[1].split(", ") for line in preset_groups().splitlines()}
-    assert groups["model"] == ["dense", "moe"] and groups["mode"] == ["dpo", "pretrain", "sft"]
+    assert groups["model"] == ["dense", "moe"] and groups["mode"] == ["dpo", "grpo", "pretrain", "sft"]
+    assert groups["reward"] == ["exact", "function", "gsm8k", "numeric", "regex", "sums"]
     assert set(groups["hardware"]) == {p.stem for p in (REPO / "conf" / "hardware").glob("*.yaml")}
     for group, options in groups.items():
         assert f"{group}: {', '.join(options)}" in text

@@ -80,15 +80,21 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     return cls(**values)
 
 
-MODES = ("pretrain", "sft", "dpo")
+MODES = ("pretrain", "sft", "dpo", "grpo")
 DPO_LOSSES = ("sigmoid", "ipo")  # built by zer02llm/training/dpo.py
+# what GRPO's summed token losses are divided by (zer02llm/training/grpo_loss.py): "token", the step's
+# completion tokens (DAPO); "sequence", each completion's own length, then the completions (the GRPO paper);
+# "constant", completions x mode.max_new_tokens (Dr. GRPO)
+GRPO_LOSS_NORMS = ("token", "sequence", "constant")
+NUMERIC_RULES = ("auto", "gsm8k", "last")  # zer02llm/training/rewards.py
 PACKINGS = ("concat", "bos_aligned")  # built by zer02llm/data/packing.py
 
 
 @dataclass
 class ModeConfig:
-    """Training stage: "pretrain" (packed {"text"} documents), "sft" (chat, assistant tokens only) or
-    "dpo" (preference pairs against the frozen mode.init_from model; the beta/label_smoothing/loss keys)."""
+    """Training stage: "pretrain" (packed {"text"} documents), "sft" (chat, assistant tokens only),
+    "dpo" (preference pairs against the frozen mode.init_from model; the beta/label_smoothing/loss keys) or
+    "grpo" (rollouts scored by the `reward` group; beta and the keys from group_size on)."""
 
     name: str = "pretrain"
     # start from these weights (a checkpoint or run directory): fresh optimizer, step 0
@@ -99,6 +105,18 @@ class ModeConfig:
     label_smoothing: float = 0.0
     # DPO only: "sigmoid" (DPO's -log sigmoid(beta * h)) or "ipo" ((h - 1 / (2 * beta))^2)
     loss: str = "sigmoid"
+    # GRPO only (beta above is its KL weight to the starting weights, k3 estimator; 0: no KL, no reference
+    # model held). Completions sampled per prompt; advantages are normalised within each prompt's group
+    group_size: int = 8
+    max_new_tokens: int = 32  # per completion; one that reaches it unfinished is scored as it stands
+    temperature: float = 1.0  # of the rollouts (validation's pass@1 is greedy)
+    clip_eps: float = 0.2  # PPO's clip: the ratio pi/pi_old is kept within [1 - clip_eps, 1 + clip_eps_high]
+    clip_eps_high: Optional[float] = None  # null: clip_eps; larger lets rare tokens gain faster (DAPO's 0.28)
+    # true: advantage (r - mean) / (std + 1e-4) within the group (GRPO); false: r - mean (Dr. GRPO)
+    scale_rewards: bool = True
+    updates_per_rollout: int = 1  # optimizer steps on one batch of rollouts (> 1: the clipped ratio matters)
+    loss_norm: str = "token"  # token | sequence | constant (GRPO_LOSS_NORMS)
+    eval_samples: int = 4  # k of validation's pass@k (k sampled completions per prompt); 0: greedy only
 
 
 @dataclass
@@ -235,6 +253,38 @@ class WandbConfig:
 
 
 @dataclass
+class FunctionReward:
+    """A reward of one's own: `_target_` names a function `package.module.name(completion, answer, prompt)
+    -> float` (import path; the module must be importable, e.g. from the working directory)."""
+
+    _target_: Optional[str] = None
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    """What a GRPO completion scores: the weighted sum of the terms below with a non-zero weight
+    (zer02llm/training/rewards.py). Answer terms give 1 or 0; `accuracy` is the share of completions
+    whose answer terms all give 1."""
+
+    name: str = "numeric"
+    # answer terms: the completion's number equals the answer's ("gsm8k": the number after ####;
+    # "last": the last number; "auto": #### when there is one, else the last number)
+    numeric: float = 1.0
+    numeric_rule: str = "auto"
+    exact: float = 0.0  # the completion, stripped, equals the answer
+    regex: float = 0.0  # reward.pattern is found in the completion ({answer}: the answer, escaped)
+    pattern: Optional[str] = None
+    # shape terms: format gives 1 when reward.format_pattern is found in the completion; length gives
+    # -min(1, (characters - length_target) / length_target) past length_target characters, else 0
+    format: float = 0.0
+    format_pattern: Optional[str] = None
+    length: float = 0.0
+    length_target: int = 0
+    function: FunctionReward = field(default_factory=FunctionReward)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mode: ModeConfig = field(default_factory=ModeConfig)
@@ -245,6 +295,7 @@ class Config:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # mode=grpo's rewards (conf/reward/)
     # "none" or "wandb" (offline automatically when no API key is configured)
     logger: str = "none"
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -488,6 +539,80 @@ def dpo_problems(mode: ModeConfig) -> list[str]:
     return problems
 
 
+def grpo_problems(cfg: Config) -> list[str]:
+    mode, problems = cfg.mode, []
+    if mode.group_size < 2:
+        problems.append(f"mode.group_size={mode.group_size}: must be >= 2 (advantages compare the completions of "
+                        f"one prompt; 8 is usual)")
+    if mode.max_new_tokens < 1:
+        problems.append(f"mode.max_new_tokens={mode.max_new_tokens}: must be >= 1")
+    elif mode.max_new_tokens >= cfg.data.seq_len:
+        problems.append(f"mode.max_new_tokens={mode.max_new_tokens} leaves no room for the prompt in data.seq_len="
+                        f"{cfg.data.seq_len} (prompt + completion): raise data.seq_len or lower mode.max_new_tokens")
+    if not (math.isfinite(mode.temperature) and mode.temperature > 0):
+        problems.append(f"mode.temperature={mode.temperature}: must be > 0 (rollouts are sampled; at 0 a group's "
+                        f"completions are equal and teach nothing)")
+    if not 0.0 < mode.clip_eps < 1.0:
+        problems.append(f"mode.clip_eps={mode.clip_eps}: must be in (0, 1) (0.2 is usual)")
+    if mode.clip_eps_high is not None and not mode.clip_eps_high >= mode.clip_eps:
+        problems.append(f"mode.clip_eps_high={mode.clip_eps_high}: must be >= mode.clip_eps={mode.clip_eps}, or "
+                        f"null for the same")
+    if not (math.isfinite(mode.beta) and mode.beta >= 0):
+        problems.append(f"mode.beta={mode.beta}: must be >= 0 (the KL weight; 0 turns the KL term off)")
+    if mode.updates_per_rollout < 1:
+        problems.append(f"mode.updates_per_rollout={mode.updates_per_rollout}: must be >= 1")
+    if mode.loss_norm not in GRPO_LOSS_NORMS:
+        problems.append(f"mode.loss_norm={mode.loss_norm!r}: must be one of {', '.join(GRPO_LOSS_NORMS)}")
+    if mode.eval_samples < 0:
+        problems.append(f"mode.eval_samples={mode.eval_samples}: must be >= 0 (0: greedy validation only)")
+    if cfg.distributed.strategy == "fsdp":
+        problems.append("distributed.strategy=fsdp with mode=grpo: each rank rolls out on its own, which sharded "
+                        "weights cannot do; use distributed.strategy=ddp")
+    return problems + reward_problems(cfg.reward)
+
+
+def reward_problems(reward: RewardConfig) -> list[str]:
+    import re
+
+    problems = []
+    weights = {"reward.numeric": reward.numeric, "reward.exact": reward.exact, "reward.regex": reward.regex,
+               "reward.format": reward.format, "reward.length": reward.length,
+               "reward.function.weight": reward.function.weight}
+    for key, weight in weights.items():
+        if not math.isfinite(weight):
+            problems.append(f"{key}={weight}: must be a finite weight (0 turns the term off)")
+    if reward.function._target_ is None:
+        weights.pop("reward.function.weight")
+        if reward.name == "function":
+            return problems + ["reward=function needs reward.function._target_=<package.module.function>, a "
+                               "function (completion, answer, prompt) -> float"]
+    if not any(weights.values()):
+        problems.append("every reward weight is 0: give at least one term a weight, e.g. reward.numeric=1 "
+                        "(or pick a preset: reward=numeric)")
+    if reward.numeric_rule not in NUMERIC_RULES:
+        problems.append(f"reward.numeric_rule={reward.numeric_rule!r}: must be one of {', '.join(NUMERIC_RULES)}")
+    for weight, key, pattern in ((reward.regex, "reward.pattern", reward.pattern),
+                                 (reward.format, "reward.format_pattern", reward.format_pattern)):
+        if not weight:
+            continue
+        if not pattern:
+            problems.append(f"{key} is empty but its term has weight {weight}: give a regular expression "
+                            f"(or the weight 0)")
+            continue
+        try:
+            re.compile(pattern.replace("{answer}", "0"))
+        except re.error as e:
+            problems.append(f"{key}={pattern!r} is not a regular expression ({e})")
+    if reward.length and reward.length_target <= 0:
+        problems.append(f"reward.length_target={reward.length_target}: must be > 0 (characters) when "
+                        f"reward.length={reward.length}")
+    target = reward.function._target_
+    if target is not None and (not isinstance(target, str) or "." not in target.strip(".")):
+        problems.append(f"reward.function._target_={target!r}: must be a dotted import path, "
+                        f"e.g. my_rewards.score (a function (completion, answer, prompt) -> float)")
+    return problems
+
+
 def optim_problems(optim: OptimConfig, dist: DistributedConfig) -> list[str]:
     """What is wrong with the optimizer's settings, alone or with the distributed strategy."""
     if optim.name not in OPTIMIZERS:
@@ -619,14 +744,16 @@ def config_problems(cfg: Config) -> list[str]:
     problems += device_problems(cfg.hardware)
     if data.packing not in PACKINGS:
         problems.append(f"data.packing={data.packing!r}: must be one of {', '.join(PACKINGS)}")
-    if cfg.mode.name in ("sft", "dpo"):
+    if cfg.mode.name in ("sft", "dpo", "grpo"):
         for key, value, default in (("data.packing", data.packing, "concat"),
                                     ("data.document_mask", data.document_mask, False)):
             if value != default:
                 problems.append(f"{key}={value} is for pretraining: an {cfg.mode.name.upper()} window holds one "
-                                f"conversation, padded (drop the override with mode={cfg.mode.name})")
+                                f"conversation (or prompt), padded (drop the override with mode={cfg.mode.name})")
     if cfg.mode.name == "dpo":
         problems += dpo_problems(cfg.mode)
+    if cfg.mode.name == "grpo":
+        problems += grpo_problems(cfg)
     if cfg.mode.name not in MODES:
         problems.append(f"mode.name={cfg.mode.name!r}: must be one of {', '.join(MODES)}")
     lora = cfg.lora
@@ -710,3 +837,4 @@ def register_configs() -> None:
     cs.store(name="model_moe_schema", node=MoEConfig)
     cs.store(name="mode_pretrain_schema", node=ModeConfig)
     cs.store(name="optim_schema", node=OptimConfig)
+    cs.store(name="reward_schema", node=RewardConfig)

@@ -15,7 +15,7 @@ from zer02llm.data.sources import file_problems
 
 # the shipped sample corpus of each mode (data.train_path=null), and its validation file (val_path=auto)
 SAMPLE_FILES = {"pretrain": ("pretrain.jsonl", "val.jsonl"), "sft": ("sft.jsonl", "sft_val.jsonl"),
-                "dpo": ("dpo.jsonl", "dpo_val.jsonl")}
+                "dpo": ("dpo.jsonl", "dpo_val.jsonl"), "grpo": ("grpo.jsonl", "grpo_val.jsonl")}
 SOURCE_KEYS = ("path", "weight", "val_path")
 
 

@@ -3,7 +3,8 @@
 The Trainer runs steps, accumulation, AMP, clipping, the schedule and the cadence of evaluation and
 checkpoints without knowing which mode it runs; everything that differs between modes is an Objective.
 Pretraining and SFT share next-token prediction (they differ only in their data); DPO
-(zer02llm/training/dpo.py) brings pairs and a frozen reference.
+(zer02llm/training/dpo.py) brings pairs and a frozen reference; GRPO (grpo.py) makes its batches
+from rollouts of the model it trains (step_batches).
 
 A step's loss is the mean over its *units* (target tokens for next-token prediction, pairs for
 DPO) on every micro-batch and rank, however the micro-batches' counts differ.
@@ -68,6 +69,20 @@ class Objective:
 
     def prepare(self, model: torch.nn.Module, device: torch.device, autocast: Autocast) -> None:
         """Once the model holds its starting weights, before the first step (DPO: the reference)."""
+
+    def step_batches(self, draw: Callable[[], list[Batch]], step: int) -> list[Batch]:
+        """The micro-batches of optimizer step `step` (0-based). `draw()` takes the sampler's next
+        train.grad_accum batches of the training set; here they are the step's batches. An objective that
+        makes its batches with the model (GRPO's rollouts) turns what it draws into them, and may draw
+        only every few steps."""
+        return draw()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective holds between steps that an exact resume needs (saved in the checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what state_dict() gave."""
 
     def counts(self, batch: Batch) -> tuple[int, int]:
         """(units the loss averages over, tokens trained on) in a micro-batch, counted on the host."""

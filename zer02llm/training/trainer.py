@@ -159,9 +159,7 @@ class Trainer:
         train = self.cfg.train
         lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
         set_lr(self.optimizer, lr, train.lr)  # each param group at its own base lr (optim=muon: Muon's)
-        indices = [self.sampler.next_batch() for _ in range(train.grad_accum)]
-        batches = [self.train_data.batch(i) for i in indices]
-        self.count_source_tokens(indices, batches)
+        batches = self.objective.step_batches(self.draw, self.step)
         # every unit of the step (a target token, a pair), on every rank, weighs the same, however the
         # micro-batches' counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
         counts = [self.objective.counts(batch) for batch in batches]
@@ -201,6 +199,13 @@ class Trainer:
         if "dropped_tokens" in sums:
             sums["dropped_tokens"] = sums["dropped_tokens"] * train.grad_accum  # a count: summed, not averaged
         return {**sums, "grad_norm": grad_norm, "lr": lr, "tokens": tokens}
+
+    def draw(self) -> list[Batch]:
+        """The sampler's next grad_accum batches of the training set (what objective.step_batches draws)."""
+        indices = [self.sampler.next_batch() for _ in range(self.cfg.train.grad_accum)]
+        batches = [self.train_data.batch(i) for i in indices]
+        self.count_source_tokens(indices, batches)
+        return batches
 
     def count_source_tokens(self, indices: list[Any], batches: list[Batch]) -> None:
         """A mixture's tokens seen per source (all ranks'), for the metrics rows and the summary."""
@@ -248,7 +253,7 @@ class Trainer:
                 "sampler": self.sampler.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
                 "tokens_seen": self.tokens_seen, "source_tokens_seen": self.source_tokens_seen,
                 "total_steps": self.total_steps, "lr_anchor": self.lr_anchor, "batch": self.batch_layout(),
-                "wall_seconds": self.wall_seconds()}
+                "wall_seconds": self.wall_seconds(), "objective": self.objective.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
@@ -269,6 +274,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         ckpt.check_batch_layout(state.get("batch"), self.batch_layout())  # before the sampler's vaguer check
         self.sampler.load_state_dict(state["sampler"])
+        self.objective.load_state_dict(state.get("objective", {}))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
