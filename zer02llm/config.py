@@ -188,6 +188,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # a checkpoint directory, or "auto" for the latest one in this run's directory
     resume: Optional[str] = None
+    # a fresh start into a run directory that holds another run's checkpoints or metrics is refused;
+    # true moves that run aside to a sibling <dir>.replaced-<date>-<time> first (nothing is deleted)
+    overwrite: bool = False
 
 
 OPTIMIZERS = ("adamw", "muon")
