@@ -85,10 +85,12 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         return loss
     except (ConfigError, DataError) as e:
         # a clear message instead of a traceback: nothing heavy has run yet
-        log.error("%s", e)
         if multirun:  # sys.exit would end the whole sweep here, without a record of this job
+            log.error("%s", e)  # the job's log: the sweep summary quotes its first ERROR line
             raise JobFailed(str(e)) from None
         leave_unstarted_run(run_dir)
+        # as cli() reports what it refuses before Hydra composes, and the other entry points theirs
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if not rundir.run_log_handlers() or all(h.held is None for h in rundir.run_log_handlers()):

@@ -342,7 +342,7 @@ def test_bad_lines_are_skipped_counted_and_reported(tmp_path, tok, caplog):
     with pytest.raises(DataError, match=r"mixed.jsonl:2: invalid JSON .*data.strict=true"):
         tokenize_sft_to_cache(path, tok, tmp_path / "strict-cache", strict=True, progress=False)
     # the cache built above does not let the bad lines through a strict run either
-    with pytest.raises(DataError, match=r"skipped 6 malformed line\(s\): line 2: invalid JSON"):
+    with pytest.raises(DataError, match=r"has 6 malformed line\(s\): line 2: invalid JSON"):
         tokenize_sft_to_cache(path, tok, tmp_path / "cache", strict=True, progress=False)
 
 

@@ -47,6 +47,23 @@ def one_line(message: str) -> bool:
     return "\n" not in message.strip()
 
 
+# --- another model ---------------------------------------------------------------------------
+
+def test_a_dense_run_from_an_moe_checkpoint_is_told_to_add_model_moe(tmp_path):
+    from zer02llm.config import ConfigError, MoEConfig
+
+    moe = MoEConfig(**{**dataclasses.asdict(MODEL), "name": "moe"}, num_experts=4)
+    saved = dataclasses.asdict(moe)
+    with pytest.raises(ConfigError) as info:
+        ckpt.check_model_config(saved, MODEL, tmp_path)
+    assert str(info.value) == f"checkpoint {tmp_path} is MoE and this run's model is dense: add model=moe"
+    with pytest.raises(ConfigError) as info:  # the other way, with a key that differs besides
+        ckpt.check_model_config(dataclasses.asdict(MODEL), dataclasses.replace(moe, dim=32), tmp_path)
+    assert str(info.value).splitlines() == [
+        f"checkpoint {tmp_path} is dense and this run's model is MoE: add model=dense and match its other model keys:",
+        "  - model.dim: checkpoint 16, this run 32"]
+
+
 # --- damaged and unsafe files -----------------------------------------------------------------
 
 @pytest.mark.parametrize("damaged_file", ["model.safetensors", "trainer.pt"])

@@ -61,6 +61,7 @@ def test_only_rank_0_writes(runs, tmp_path):
     assert (run_dirs[0] / "checkpoints" / "last" / "model.safetensors").exists()
     log = (run_dirs[0] / "train.log").read_text()
     assert "(2 ranks)" in log and log.count("saved checkpoint") == 1
+    assert "steps of 4 sequences (train.batch_size=2 x 2 ranks x train.grad_accum=1)" in log  # the global batch
 
 
 @pytest.mark.slow

@@ -43,6 +43,14 @@ FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 MOE_FIGURES = ("aux_loss", "expert_load", "router_entropy", "dropped_tokens")  # Output fields of an MoE model
 
 
+def describe_step(batch_size: int, world_size: int, grad_accum: int, sample: str) -> str:
+    """One optimizer step's global batch and how it is made up, e.g. "8 sequences (train.batch_size=4 x
+    2 ranks x train.grad_accum=1)": a rank's own batch alone would hide what the step trains on."""
+    ranks = f" x {world_size} ranks" if world_size > 1 else ""
+    return (f"{batch_size * world_size * grad_accum} {sample}s (train.batch_size={batch_size}{ranks} x "
+            f"train.grad_accum={grad_accum})")
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any],
                  on_claim: Optional[Callable[[], None]] = None):
@@ -372,10 +380,10 @@ class Trainer:
         log.info("model %s: %.2fM parameters (%.2fM without embeddings%s), device %s, dtype %s", cfg.model.name,
                  n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, active, self.device,
                  str(self.dtype).replace("torch.", ""))
-        sample = self.objective.sample_name
-        log.info("data (%s): %d training %ss of up to %d tokens; %d steps of %d x %d %ss", cfg.mode.name,
-                 len(self.train_data), sample, cfg.data.seq_len, self.total_steps, cfg.train.grad_accum,
-                 cfg.train.batch_size, sample)
+        log.info("data (%s): %d training %ss of up to %d tokens; %d steps of %s", cfg.mode.name,
+                 len(self.train_data), self.objective.sample_name, cfg.data.seq_len, self.total_steps,
+                 describe_step(cfg.train.batch_size, self.env.world_size, cfg.train.grad_accum,
+                               self.objective.sample_name))
         tracker = None
         if cfg.logger == "wandb" and self.env.is_main:
             tracker = WandbLogger(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, list(cfg.wandb.tags),
