@@ -346,3 +346,19 @@ def test_bench_serve_prints_its_table(server, tmp_path):
     levels = json.loads(out.read_text())["levels"]
     assert [(r["concurrency"], r["requests"]) for r in levels] == [(1, 3), (3, 3)]
     assert all(r["requests_per_s"] > 0 and 0 < r["mean_completion_tokens"] <= 4 for r in levels)
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads_naming_the_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # no checkpoint there: the port is checked first, so the answer comes before any loading
+        with pytest.raises(ConfigError, match=rf"port={port}: 127.0.0.1:{port} is already in use"):
+            serve.make_server(ServeConfig(checkpoint=str(tmp_path / "none"), port=port))
+        proc = run_module("zer02llm.serve", [f"checkpoint={tmp_path / 'none'}", f"port={port}"], cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: port={port}: 127.0.0.1:{port} is already in use")
