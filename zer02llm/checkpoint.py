@@ -37,7 +37,7 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 # what killed saves and deletes leave behind; pruning removes these (and step dirs missing a file)
 LEFTOVER = re.compile(r"^(\.step_\d+\.tmp|\.deleting\.step_\d+)$")
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "trainer.pt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "vocab.json", "merges.txt")
 
 
 class CheckpointError(ConfigError):
