@@ -201,8 +201,10 @@ class DPO(Objective):
 
     # --- training and validation -------------------------------------------------------------
     def counts(self, batch: Batch) -> tuple[int, int]:
-        targets = batch[1]
-        return targets.shape[0] // 2, int((targets != IGNORE_INDEX).sum())
+        """(pairs, tokens the forward pass processes): every prompt and answer token of both sides, padding
+        not counted; the summary's tokens and FLOPs (6 N per token) count these, not the answers alone."""
+        inputs = batch[0]
+        return inputs.shape[0] // 2, int((inputs != self.tokenizer.pad_id).sum())
 
     def compute(self, forward: Callable[..., Output], batch: Batch) -> Computed:
         if len(batch) != 3:

@@ -112,7 +112,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
-        self.tokens_seen = 0  # target tokens trained on (every token when pretraining; assistant tokens in SFT)
+        # tokens trained on (every token when pretraining; assistant tokens in SFT; both sides' in DPO)
+        self.tokens_seen = 0
         self.source_tokens_seen: dict[str, int] = {}  # of each data.mixture source
         # training wall time of earlier invocations (up to the checkpoint resumed from) and of this one
         self.wall_seconds_before = 0.0
