@@ -70,6 +70,11 @@ def test_largest_remainder_matches_a_naive_rounding():
         assert counts.sum() == total
         exact = total * np.array(weights) / sum(weights)
         assert np.all(np.abs(counts - exact) < 1)
+    # which remainders win, worked by hand: 4.92, 3.96, 3.12 floor to 4, 3, 3; the two left over go to the
+    # largest remainders (.96, then .92), not to the smallest source nor in source order
+    assert largest_remainder(12, [0.41, 0.33, 0.26]).tolist() == [5, 4, 3]
+    # 1.4, 3.6, 5.0: the one left over goes to .6
+    assert largest_remainder(10, [0.14, 0.36, 0.5]).tolist() == [1, 4, 5]
 
 
 def test_sampled_proportions_follow_the_weights_within_tolerance():
