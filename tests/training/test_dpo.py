@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -195,6 +196,34 @@ def test_reference_is_cached_and_lora_at_zero_is_the_base(tokenizer, tmp_path, c
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)
     assert weights_fingerprint(model) != weights_fingerprint(lora)
+
+
+@pytest.mark.parametrize("damage, warning", [
+    ("empty", "unreadable"), ("truncated", "unreadable"), ("pickled", "unreadable"),
+    ("wrong_shape", "holds (3, 3) values, not those of"), ("non_finite", "non-finite value(s)")])
+def test_a_damaged_reference_cache_is_computed_again_with_a_warning(tokenizer, tmp_path, caplog, damage, warning):
+    cfg = toy_config(tmp_path)
+    model = toy_model(torch.float32)
+    _, train = prepared(cfg, tokenizer, model)
+    (path,) = (tmp_path / "cache").glob("*-reference-*.npy")
+    good = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "pickled":
+        np.save(path, np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+    elif damage == "wrong_shape":
+        np.save(path, np.zeros((3, 3), dtype=np.float32))
+    else:
+        values = train.reference.copy()
+        values[1, 0] = np.nan
+        np.save(path, values)
+    with caplog.at_level(logging.WARNING, logger="zer02llm.training.dpo"):
+        _, again = prepared(cfg, tokenizer, model)
+    assert warning in caplog.text and str(path) in caplog.text
+    assert np.array_equal(again.reference, train.reference)  # computed again from the same weights
+    assert np.array_equal(np.load(path), train.reference)  # and the cache repaired
 
 
 def test_one_forward_over_both_sides_gives_the_moe_balance_loss(tokenizer, tmp_path):
