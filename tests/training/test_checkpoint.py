@@ -215,15 +215,22 @@ def start_training(args: list[str], cwd: Path, log: Path, until: str) -> subproc
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_at_the_stop_step_and_exits_130(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start_training([*LONG, f"hydra.run.dir={run_dir}"], tmp_path, run_dir / "train.log", "step 5/")
+    # every step logged: the step the signal stopped is the last one the log shows
+    proc = start_training([*LONG, "train.log_interval=1", f"hydra.run.dir={run_dir}"], tmp_path,
+                          run_dir / "train.log", "step 5/")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     log = (run_dir / "train.log").read_text()
     assert "received SIGINT" in log
+    logged = [int(line.split("step ")[1].split("/")[0]) for line in log.splitlines() if "/200: loss" in line]
+    stop_step = logged[-1]
+    assert 5 <= stop_step < 200
     saved = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    assert saved is not None and 5 <= int(saved.name.split("_")[1]) < 200
+    assert saved is not None and saved.name == f"step_{stop_step:07d}"  # exactly the step it stopped at
+    assert torch.load(saved / "trainer.pt", weights_only=True)["step"] == stop_step
+    assert read_metrics(run_dir)[-1]["step"] == stop_step
     assert "stopped at step" not in log  # nothing trained after the checkpoint
 
 
