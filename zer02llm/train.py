@@ -60,7 +60,9 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
             write_hydra_record(run_dir, dict_cfg)
             rundir.accept_run_log()
 
-    if multirun:  # a sweep's job has a directory of its own: its record and log from the start, refused or not
+    if multirun and not rundir.previous_run(run_dir):
+        # a sweep's job in a directory of its own: its record and log from the start, refused or not (the
+        # summary lists a refused job's overrides and error); in one holding a run, as a single run does
         accept_run()
     try:
         cfg = checked_config(dict_cfg)
@@ -69,7 +71,7 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
                               "needs a validation set (data.val_path=<file>, or auto with the sample corpus)")
         problem = rundir.fresh_start_problem(run_dir, cfg.train.resume, cfg.train.overwrite) if main_rank else None
         if problem:
-            raise ConfigError(problem)
+            raise rundir.RunDirTaken(problem)
         from zer02llm.training.trainer import Trainer  # torch is imported only once the config is known good
 
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
@@ -87,7 +89,11 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         # a clear message instead of a traceback: nothing heavy has run yet
         if multirun:  # sys.exit would end the whole sweep here, without a record of this job
             log.error("%s", e)  # the job's log: the sweep summary quotes its first ERROR line
-            raise JobFailed(str(e)) from None
+            rundir.discard_run_log()  # unless accepted: a directory holding another run stays as it was
+            failed = JobFailed(str(e))
+            # the sweep's callback then writes no job_status.json there either
+            failed.keeps_job_dir = isinstance(e, rundir.RunDirTaken)
+            raise failed from None
         leave_unstarted_run(run_dir)
         # as cli() reports what it refuses before Hydra composes, and the other entry points theirs
         print(f"error: {e}", file=sys.stderr)

@@ -183,3 +183,16 @@ def test_ctrl_c_while_tokenizing_says_so_in_one_line_and_leaves_no_run_directory
     said = [line for line in stdout.splitlines() if "interrupted" in line]
     assert len(said) == 1 and "the next run continues" in said[0] and "no run directory is left" in said[0]
     assert not (tmp_path / "outputs" / "2026-01-01").exists()  # nor the date directory made for it
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_into_its_directory_refuses_each_job_and_leaves_it_as_it_was(tmp_path):
+    sweep = ["-m", f"hydra.sweep.dir={tmp_path / 'sw'}", *TINY, "train.max_steps=5", "train.save_interval=5",
+             "train.lr=1e-3"]
+    run_module("zer02llm.train", sweep, cwd=tmp_path)
+    job = tmp_path / "sw" / "0"
+    before = snapshot(job)
+    assert ".hydra/overrides.yaml" in before and "checkpoints/step_0000005/model.safetensors" in before
+    proc = run_module("zer02llm.train", sweep, cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "already holds another run" in proc.stdout + proc.stderr
+    assert snapshot(job) == before

@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from zer02llm.config import ConfigError
+
 STEP_DIR = re.compile(r"^step_\d+$")
+
+
+class RunDirTaken(ConfigError):
+    """A fresh start refused because the run directory holds another run: nothing may be written there."""
 
 
 def effective_resume(resume: Optional[str]) -> Optional[str]:
@@ -119,8 +125,10 @@ class RunLogHandler(logging.FileHandler):
         self.flush()
 
     def discard(self) -> None:
-        """Forget the held records and drop later ones: the command was refused, its log is the console's."""
-        self.held, self.discarded = [], True
+        """Forget the held records and drop later ones: the command was refused before it was accepted, its
+        log is the console's. A log already accepted stays as it is."""
+        if self.held is not None:
+            self.held, self.discarded = [], True
 
     def close(self) -> None:
         if self.held:
