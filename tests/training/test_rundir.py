@@ -129,7 +129,8 @@ def test_a_refused_fresh_start_leaves_the_directory_byte_identical_and_overwrite
     proc = run_module("zer02llm.train", [*TINY, "train.max_steps=20", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
                       check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "already holds another run" in proc.stdout and "train.resume=auto" in proc.stdout
+    assert proc.stderr.startswith("error: hydra.run.dir=") and "already holds another run" in proc.stderr
+    assert "train.resume=auto" in proc.stderr and "train.overwrite=true" in proc.stderr
     assert snapshot(run_dir) == before
 
     run_module("zer02llm.train", [*TINY, "train.max_steps=5", "train.save_interval=5", "train.overwrite=true",
