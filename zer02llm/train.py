@@ -99,7 +99,7 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        if not rundir.run_log_handlers() or all(h.held is None for h in rundir.run_log_handlers()):
+        if rundir.run_log_accepted():
             sys.exit(130)  # the run had started: the Trainer has saved what it could and said so
         # Ctrl-C before the run was accepted (tokenizing the data, computing a DPO reference)
         log.warning("interrupted before training started: the data tokenized so far is kept in the token cache "

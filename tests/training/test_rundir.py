@@ -69,6 +69,14 @@ def test_a_directory_without_another_runs_checkpoints_or_metrics_takes_a_fresh_s
     assert rundir.fresh_start_problem(run_dir, resume=None, overwrite=False) is None
 
 
+def test_overwrite_never_moves_the_working_directory(tmp_path, monkeypatch):
+    run_dir = fake_run(tmp_path / "run")
+    monkeypatch.chdir(run_dir)
+    assert "working directory" in rundir.fresh_start_problem(run_dir, resume=None, overwrite=True)
+    refused = rundir.fresh_start_problem(run_dir, resume=None, overwrite=False)
+    assert "move it elsewhere yourself" in refused and "train.overwrite=true to move" not in refused
+
+
 def test_a_requeued_slurm_job_resumes_so_its_own_checkpoints_are_no_other_run(tmp_path, monkeypatch):
     run_dir = fake_run(tmp_path / "run")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")

@@ -71,12 +71,14 @@ def fresh_start_problem(run_dir: Path, resume: Optional[str], overwrite: bool) -
     if resume is not None and overwrite:
         return (f"train.overwrite=true with train.resume={resume}: overwrite starts afresh (moving the old run "
                 f"aside), resume continues it; give one of them")
-    if resume is not None or overwrite:
+    found = previous_run(run_dir) if resume is None else []
+    holds_cwd = run_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents)
+    if overwrite and found and holds_cwd:
+        return (f"train.overwrite=true cannot move the run in {run_dir} aside: it is the working directory (or "
+                f"holds it); give another hydra.run.dir, or move that run yourself")
+    if not found or overwrite:
         return None
-    found = previous_run(run_dir)
-    if not found:
-        return None
-    if run_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+    if holds_cwd:
         overwrite_hint = "move it elsewhere yourself (it is the working directory, which train.overwrite cannot move)"
     else:
         overwrite_hint = (f"train.overwrite=true to move the old run aside to {run_dir.name}.replaced-<date>-<time> "
@@ -91,8 +93,6 @@ def move_aside(run_dir: Path) -> Optional[Path]:
     path, or None when there was no other run to move."""
     if not previous_run(run_dir):
         return None
-    if run_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
-        raise OSError(f"train.overwrite=true cannot move {run_dir}: it is the working directory or holds it")
     aside = aside_path(run_dir)
     os.replace(run_dir, aside)
     run_dir.mkdir()
@@ -138,6 +138,11 @@ class RunLogHandler(logging.FileHandler):
 
 def run_log_handlers() -> list[RunLogHandler]:
     return [h for h in logging.getLogger().handlers if isinstance(h, RunLogHandler)]
+
+
+def run_log_accepted() -> bool:
+    """Whether the run was accepted (its log goes to the file); True where there is no run log (other ranks)."""
+    return all(handler.held is None for handler in run_log_handlers())
 
 
 def accept_run_log() -> None:
