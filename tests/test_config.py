@@ -62,10 +62,21 @@ def test_gpu_presets_carry_the_seed_numbers(preset):
 
 
 def test_every_group_option_composes():
-    for group, options in {"model": ["dense"], "mode": ["pretrain"], "hardware": ["cpu", *PRESETS]}.items():
-        for option in options:
-            cfg = to_config([f"{group}={option}"])
-            assert getattr(cfg, group).name == option
+    """Every preset file of every group (read from conf/, so a new one is covered), each a valid config."""
+    from zer02llm.config import MoEConfig
+
+    options = {group: sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+               for group in ("model", "mode", "hardware", "optim")}
+    assert options["model"] == ["dense", "moe"] and options["mode"] == ["dpo", "pretrain", "sft"]
+    assert set(options["hardware"]) == {"cpu", *PRESETS} and options["optim"] == ["adamw", "muon"]
+    needs = {"dpo": ["mode.init_from=sft_run"]}  # what the preset asks of the command line
+    for group, names in options.items():
+        for option in names:
+            cfg = to_config([f"{group}={option}", *needs.get(option, [])])
+            assert getattr(cfg, group).name == option, (group, option)
+            if group != "hardware":  # a preset leaves nothing to refuse (a GPU preset needs its GPU)
+                validate_run(cfg, check_files=False)
+    assert isinstance(to_config(["model=moe"]).model, MoEConfig)
 
 
 def test_command_line_overrides_beat_presets():

@@ -21,7 +21,7 @@ from conftest import REPO, TINY, compose, run_module
 # --- every config node is closed --------------------------------------------------------------
 
 @pytest.mark.parametrize("override, expected", [
-    ("+train.lrr=1e-3", "train.lrr: no such setting (TrainConfig has no key 'lrr'); did you mean train.lr?"),
+    ("+train.lrr=1e-3", "train.lrr: no such setting; did you mean train.lr?"),
     ("+model.num_expert=8", "did you mean model.num_experts"),
     ("+hardware.threds=2", "did you mean hardware.threads"),
     ("+wandb.projekt=x", "did you mean wandb.project"),
@@ -48,6 +48,18 @@ def test_a_typo_without_plus_names_the_nearest_key_instead_of_hydras_trap(tmp_pa
     assert "train.lrr: no such setting; did you mean train.lr?" in proc.stderr
     assert "+train.lrr" not in proc.stdout + proc.stderr  # Hydra's suggestion, which then did nothing
     assert "Traceback" not in proc.stderr
+
+
+def test_a_typo_with_and_without_plus_is_reported_alike(tmp_path):
+    """`train.lrr=` is caught before Hydra composes, `+train.lrr=` after: the user sees one message."""
+    outputs = []
+    for override in ("train.lrr=1e-3", "+train.lrr=1e-3"):
+        proc = run_module("zer02llm.train", [override], cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        outputs.append((proc.stdout, proc.stderr))
+    assert outputs[0] == outputs[1] == ("", "error: invalid configuration:\n  - train.lrr: no such setting; did you "
+                                            "mean train.lr?\n")
+    assert not any((tmp_path / "outputs").rglob("*"))  # nor a run directory left behind
 
 
 def test_override_precheck_knows_the_moe_keys_and_skips_what_hydra_checks():

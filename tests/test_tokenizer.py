@@ -163,6 +163,47 @@ def copy_of_shipped(directory: Path, config: bool = True) -> Path:
     return directory
 
 
+def transformers5_layout(directory: Path) -> tuple[Path, str]:
+    """The shipped tokenizer as transformers 5 saves it: the chat template in chat_template.jinja, not in
+    tokenizer_config.json."""
+    copy_of_shipped(directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    template = config.pop("chat_template")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (directory / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return directory, template
+
+
+def test_the_chat_template_is_read_from_chat_template_jinja_too(tmp_path):
+    from zer02llm.data.sft import ChatTemplate
+
+    directory, template = transformers5_layout(tmp_path / "tok")
+    tok = Tokenizer.load(directory)
+    assert tok.chat_template == template
+    shipped = Tokenizer.load()
+    messages = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+    assert ChatTemplate(tok).encode(messages) == ChatTemplate(shipped).encode(messages)
+    # where both hold one, the file wins, as in transformers
+    (directory / "chat_template.jinja").write_text("{{ 'file' }}", encoding="utf-8")
+    config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    assert Tokenizer.load(directory).chat_template == "{{ 'file' }}"
+
+
+def test_a_checkpoint_keeps_a_chat_template_jinja(tmp_path):
+    import dataclasses
+
+    from zer02llm import checkpoint as ckpt
+    from zer02llm.config import ModelConfig
+    from zer02llm.model import Transformer
+
+    directory, template = transformers5_layout(tmp_path / "tok")
+    model_cfg = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=32)
+    saved = ckpt.save_checkpoint(tmp_path / "checkpoints", 1, Transformer(model_cfg), {"step": 1},
+                                 {"model": dataclasses.asdict(model_cfg)}, directory, keep=1)
+    assert Tokenizer.load(saved / "tokenizer").chat_template == template
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("tokenizer.json", "{1: 2}", r"tokenizer.json: the tokenizer file is not valid JSON \(Expecting property name "
                                  r"enclosed in double quotes at line 1 column 2\)"),

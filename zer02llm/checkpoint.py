@@ -37,7 +37,7 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 # what killed saves and deletes leave behind; pruning removes these (and step dirs missing a file)
 LEFTOVER = re.compile(r"^(\.step_\d+\.tmp|\.deleting\.step_\d+)$")
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "trainer.pt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "vocab.json", "merges.txt")
 
 
 class CheckpointError(ConfigError):
@@ -233,6 +233,14 @@ def check_batch_layout(saved: Optional[dict[str, int]], now: dict[str, int]) -> 
 def check_model_config(saved: dict[str, Any], current: ModelConfig, checkpoint: Path) -> None:
     """Refuse a checkpoint whose model config differs from this run's, naming each differing key."""
     mine = dataclasses.asdict(current)
+    saved_moe, mine_moe = "num_experts" in saved, "num_experts" in mine
+    if saved_moe != mine_moe:  # the MoE keys of one side are not missing values: the preset is
+        preset = "moe" if saved_moe else "dense"
+        differing = [f"model.{k}: checkpoint {saved[k]!r}, this run {mine[k]!r}"
+                     for k in sorted(set(saved) & set(mine) - {"name"}) if saved[k] != mine[k]]
+        raise ConfigError(f"checkpoint {checkpoint} is {'MoE' if saved_moe else 'dense'} and this run's model is "
+                          f"{'MoE' if mine_moe else 'dense'}: add model={preset}" +
+                          (" and match its other model keys:\n  - " + "\n  - ".join(differing) if differing else ""))
     differing = [f"model.{k}: checkpoint {saved.get(k)!r}, this run {mine.get(k)!r}"
                  for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)]
     if differing:

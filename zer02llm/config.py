@@ -211,6 +211,9 @@ class TrainConfig:
     eval_tasks: list[str] = field(default_factory=list)
     # the first N items of each of eval_tasks at each evaluation; null: all of them
     eval_tasks_limit: Optional[int] = None
+    # a fresh start into a run directory that holds another run's checkpoints or metrics is refused;
+    # true moves that run aside to a sibling <dir>.replaced-<date>-<time> first (nothing is deleted)
+    overwrite: bool = False
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -313,7 +316,9 @@ class SamplingOptions:
     temperature: float = 0.8  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 0.9  # 1: off
-    repetition_penalty: float = 1.1  # 1: off
+    # 1: off (the default, as in OpenAI's API and transformers: temperature=0 is then greedy); > 1 discourages
+    # every token already in the prompt or the output, so an answer that must repeat the question's words suffers
+    repetition_penalty: float = 1.0
     seed: Optional[int] = None
     device: str = "auto"
     # decode through a static KV cache with the one-token step torch.compiled (a CUDA graph on GPUs):
@@ -665,8 +670,8 @@ def undeclared_keys(node: Any, prefix: str = "") -> list[str]:
     for key in node.keys():
         name = f"{prefix}{key}"
         if declared is not None and key not in declared:
-            problems.append(f"{name}: no such setting ({schema.__name__} has no key '{key}'); "
-                            f"{nearest_keys(str(key), declared, prefix)}")
+            # worded as cli.unknown_override_keys words `train.lrr=` (without the +), which Hydra never composes
+            problems.append(f"{name}: no such setting; {nearest_keys(str(key), declared, prefix)}")
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():

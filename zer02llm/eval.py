@@ -36,7 +36,7 @@ class Session:
     """
 
     def __init__(self, cfg: EvalConfig, write: Callable[[str], None], note: Callable[[str], None] = _to_stderr):
-        from zer02llm.inference.loading import check_sampling, load_for_inference, make_generator
+        from zer02llm.inference.loading import check_sampling, load_for_inference, make_generator, trained_context
 
         self.cfg, self.write, self.note = cfg, write, note
         self.params = check_sampling(cfg)
@@ -48,7 +48,7 @@ class Session:
         self.chat = cfg.chat if cfg.chat is not None else self.loaded.mode in ("sft", "dpo")
         max_seq_len = self.loaded.model.cfg.max_seq_len
         # the model never saw positions past the length it was trained on, however large max_seq_len is
-        self.context_len = min(self.loaded.trained_seq_len or max_seq_len, max_seq_len)
+        self.context_len = trained_context(self.loaded)
         self.context_name = "data.seq_len it was trained on" if self.context_len < max_seq_len else "model.max_seq_len"
         self.template = None
         if self.chat:
@@ -82,7 +82,7 @@ class Session:
 
     def reply(self, text: str) -> dict:
         """Answer one prompt (streaming when cfg.stream) and return the JSONL record."""
-        from zer02llm.inference.loading import stream_reply, truncation_note
+        from zer02llm.inference.loading import long_prompt_note, stream_reply, truncation_note
 
         ids, kept = self.fit(text)
         if len(kept) < len(self.history):
@@ -90,9 +90,8 @@ class Session:
             self.note(f"[dropped the {dropped} oldest exchange{'s' if dropped > 1 else ''} from the history: the "
                       f"prompt must stay under {self.context_len} tokens, the {self.context_name}]")
             self.history = kept  # dropped for good: the next prompt would drop them again
-        if len(ids) >= self.context_len and self.context_len < self.loaded.model.cfg.max_seq_len:
-            self.note(f"[the prompt has {len(ids)} tokens, the model was trained on {self.context_len}: "
-                      f"expect a poor reply]")
+        if long_prompt := long_prompt_note(len(ids), self.loaded):
+            self.note(long_prompt)
         if not self.chat and self.cfg.stream:
             self.write(text)
         reply = stream_reply(self.loaded, ids, self.cfg, self.params, self.write if self.cfg.stream else None,

@@ -15,12 +15,15 @@ register_configs()
 
 def run(cfg: GenerateConfig) -> str:
     """Generate for cfg.prompt, streaming to stdout when cfg.stream; returns the generated text."""
-    from zer02llm.inference.loading import check_sampling, load_for_inference, make_generator, stream_reply, truncation_note
+    from zer02llm.inference.loading import (check_sampling, load_for_inference, long_prompt_note, make_generator,
+                                            stream_reply, truncation_note)
 
     params = check_sampling(cfg)
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile, cfg.threads)
     # pretrained models continue documents, which began with bos
     prompt_ids = [loaded.tokenizer.bos_id] + loaded.tokenizer.encode(cfg.prompt)
+    if long_prompt := long_prompt_note(len(prompt_ids), loaded):  # before the reply, as eval says it
+        print(long_prompt, file=sys.stderr, flush=True)
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)

@@ -9,7 +9,9 @@ events in OpenAI's chunk format; GET /health tells the slots in use. FastAPI and
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time,
 # and Request is imported inside create_app, lazily
 import asyncio
+import errno
 import json
+import socket
 import sys
 import time
 import uuid
@@ -55,6 +57,28 @@ def check_config(cfg: ServeConfig) -> None:
         problems.append("model_name='': give a name, or null for the run directory's name")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on before the model loads (uvicorn would find out only after,
+    with its Errno 98). Bound as uvicorn binds it (SO_REUSEADDR): a port in TIME_WAIT still counts as free."""
+    if port == 0:  # any free port: the OS picks one
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"host={host}: cannot be resolved ({e.strerror}); give an address such as 127.0.0.1 "
+                          f"or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise ConfigError(f"host={host} port={port}: cannot listen there ({e.strerror})") from None
+            raise ConfigError(f"port={port}: {host}:{port} is already in use by another process; choose another "
+                              f"port (e.g. port={port + 1}, or port=0 for any free one) or stop that process") from None
 
 
 def default_model_name(checkpoint: Path) -> str:
@@ -245,6 +269,7 @@ def make_server(cfg: ServeConfig) -> Any:
     _, uvicorn = import_web()  # before the model loads: a missing extra is the first thing said
     check_config(cfg)
     check_sampling(cfg)
+    check_port_free(cfg.host, cfg.port)
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile, cfg.threads)
     name = cfg.model_name or default_model_name(loaded.checkpoint)
     app = create_app(Engine(loaded, cfg.slots, cfg), name)

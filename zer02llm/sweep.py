@@ -65,6 +65,8 @@ class SweepSummaryCallback(Callback):
                 from hydra.errors import CompactHydraException
 
                 error = job_return._return_value  # the exception; .return_value would re-raise it
+                if getattr(error, "keeps_job_dir", False):  # refused as another run's directory: left as it was
+                    return
                 # a refused config lists its problems on several lines: keep them all, on one
                 text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
                 if not isinstance(error, CompactHydraException):  # our messages need no type name

@@ -24,6 +24,8 @@ __all__ = ["Tokenizer", "TokenizerError", "StreamDecoder", "bytes_to_unicode"]
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
+# where transformers 5 saves the chat template (and transformers 4.43+ reads it first)
+TEMPLATE_FILE = "chat_template.jinja"
 
 # Fallback special-token names (ChatML), used when tokenizer_config.json does not name them.
 DEFAULT_BOS = "<|im_start|>"
@@ -93,7 +95,7 @@ class Tokenizer:
         vocab_size: number of ids, added/special tokens included.
         bos_id, eos_id, pad_id: special ids (from tokenizer_config.json, else ChatML names).
         fingerprint: sha256 hex digest of the tokenizer.json bytes (a cache key).
-        chat_template: the Jinja chat template of tokenizer_config.json, or None.
+        chat_template: the Jinja chat template of chat_template.jinja, else of tokenizer_config.json, or None.
         special_ids: ids of the special added tokens.
     """
 
@@ -134,7 +136,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "Tokenizer":
-        """Load from a directory holding tokenizer.json (+ optional tokenizer_config.json).
+        """Load from a directory holding tokenizer.json (+ optional tokenizer_config.json, chat_template.jinja).
 
         `None` loads the tokenizer shipped with the project (`tokenizer/`).
         Raises FileNotFoundError if the directory or its tokenizer.json is missing, TokenizerError
@@ -159,6 +161,12 @@ class Tokenizer:
             if not isinstance(loaded, dict):
                 raise TokenizerError(f"{config_file}: expected a JSON object, got {type(loaded).__name__}")
             config = loaded
+        template_file = directory / TEMPLATE_FILE
+        if template_file.is_file():  # it wins over tokenizer_config.json's, as in transformers
+            try:
+                config = {**config, "chat_template": template_file.read_text(encoding="utf-8")}
+            except UnicodeDecodeError as e:
+                raise TokenizerError(f"{template_file}: the chat template is not UTF-8 text ({e.reason})") from None
         # parsed here first so that bad JSON is named as such, not as serde's "key must be a string"
         raw, parsed = _read_json(tok_file, "tokenizer file")
         if not isinstance(parsed, dict):

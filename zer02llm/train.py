@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from zer02llm.cli import check_printed_config, quote_text_overrides, unknown_override_keys
 from zer02llm.config import Config, ConfigError, MoEConfig, register_configs, undeclared_keys
+from zer02llm.optuna_search import register_optuna_search
+from zer02llm.training import rundir
 from zer02llm.training.preflight import validate_run
 from zer02llm.data.jsonl import DataError
 from zer02llm.resources import shipped_path
@@ -35,6 +37,7 @@ from zer02llm.resources import shipped_path
 log = logging.getLogger("zer02llm.train")
 TEXT_KEYS = ("data.train_path", "data.val_path", "data.cache_dir", "tokenizer.path", "train.resume")
 register_configs()
+register_optuna_search()  # conf/hydra/sweeper/optuna_tpe.yaml's sweeper
 
 
 class JobFailed(CompactHydraException):
@@ -51,18 +54,33 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     optuna = multirun and "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default=""))
+    main_rank = launched_rank() in (None, 0)
+
+    def accept_run() -> None:
+        """The run is accepted: Hydra's record of it (.hydra/) and its log go into the run directory."""
+        if main_rank:
+            write_hydra_record(run_dir, dict_cfg)
+            rundir.accept_run_log()
+
+    if multirun and not rundir.previous_run(run_dir):
+        # a sweep's job in a directory of its own: its record and log from the start, refused or not (the
+        # summary lists a refused job's overrides and error); in one holding a run, as a single run does
+        accept_run()
     try:
         cfg = checked_config(dict_cfg)
         if optuna and cfg.data.val_path is None:
             raise ConfigError("data.val_path=null: the Optuna search minimises the final validation loss, so it "
                               "needs a validation set (data.val_path=<file>, or auto with the sample corpus)")
+        problem = rundir.fresh_start_problem(run_dir, cfg.train.resume, cfg.train.overwrite) if main_rank else None
+        if problem:
+            raise rundir.RunDirTaken(problem)
         from zer02llm.training.trainer import Trainer  # torch is imported only once the config is known good
 
         resolved = OmegaConf.to_container(dict_cfg, resolve=True)
-        # the Trainer writes it to config.yaml, once a checkpoint is accepted or a fresh start decided:
-        # a refused resume leaves the run as it was
-        Trainer(cfg, run_dir, resolved).fit()
-        if launched_rank() not in (None, 0):
+        # the Trainer claims the run directory (moves an old run aside, writes config.yaml, calls accept_run)
+        # once a checkpoint is accepted or a fresh start decided: a refused resume leaves it byte-identical
+        Trainer(cfg, run_dir, resolved, on_claim=accept_run).fit()
+        if not main_rank:
             return None
         loss = final_val_loss(run_dir)
         if optuna and (loss is None or not math.isfinite(loss)):
@@ -71,18 +89,49 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         return loss
     except (ConfigError, DataError) as e:
         # a clear message instead of a traceback: nothing heavy has run yet
-        log.error("%s", e)
         if multirun:  # sys.exit would end the whole sweep here, without a record of this job
-            raise JobFailed(str(e)) from None
-        remove_unstarted_run_dir(run_dir)
+            log.error("%s", e)  # the job's log: the sweep summary quotes its first ERROR line
+            rundir.discard_run_log()  # unless accepted: a directory holding another run stays as it was
+            failed = JobFailed(str(e))
+            # the sweep's callback then writes no job_status.json there either
+            failed.keeps_job_dir = isinstance(e, rundir.RunDirTaken)
+            raise failed from None
+        leave_unstarted_run(run_dir)
+        # as cli() reports what it refuses before Hydra composes, and the other entry points theirs
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C: the Trainer has saved what it could and said so
+    except KeyboardInterrupt:
+        if rundir.run_log_accepted():
+            sys.exit(130)  # the run had started: the Trainer has saved what it could and said so
+        # Ctrl-C before the run was accepted (tokenizing the data, computing a DPO reference)
+        log.warning("interrupted before training started: the data tokenized so far is kept in the token cache "
+                    "and the next run continues from there; %s", "the run directory is left as it was"
+                    if run_dir.is_dir() and any(run_dir.iterdir()) else "no run directory is left behind")
+        leave_unstarted_run(run_dir)
         sys.exit(130)
     finally:
         if "torch" in sys.modules:
             from zer02llm.training import distributed
 
             distributed.shutdown()
+
+
+def write_hydra_record(run_dir: Path, dict_cfg: DictConfig) -> None:
+    """.hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra writes them (conf/config.yaml turns its
+    own writing off, which happens before the run is checked)."""
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
+    record = run_dir / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", dict_cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        (record / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+def leave_unstarted_run(run_dir: Path) -> None:
+    """A run refused or interrupted before it was accepted: nothing of it is written to the log file,
+    and a directory made only for it goes."""
+    rundir.discard_run_log()
+    remove_unstarted_run_dir(run_dir)
 
 
 def final_val_loss(run_dir: Path) -> Optional[float]:

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("evaluation", ["zer02llm.evals"]),
     ("training and sweeps", ["zer02llm.training", "zer02llm.sweeps"]),
     ("entry points", ["zer02llm", "zer02llm.cli", "zer02llm.train", "zer02llm.eval", "zer02llm.generate",
-                      "zer02llm.serve", "zer02llm.export", "zer02llm.sweep", "zer02llm.evaluate"]),
+                      "zer02llm.serve", "zer02llm.export", "zer02llm.sweep", "zer02llm.evaluate",
+                      "zer02llm.optuna_search"]),
 ]
 
 

@@ -70,6 +70,11 @@ def test_largest_remainder_matches_a_naive_rounding():
         assert counts.sum() == total
         exact = total * np.array(weights) / sum(weights)
         assert np.all(np.abs(counts - exact) < 1)
+    # which remainders win, worked by hand: 4.92, 3.96, 3.12 floor to 4, 3, 3; the two left over go to the
+    # largest remainders (.96, then .92), not to the smallest source nor in source order
+    assert largest_remainder(12, [0.41, 0.33, 0.26]).tolist() == [5, 4, 3]
+    # 1.4, 3.6, 5.0: the one left over goes to .6
+    assert largest_remainder(10, [0.14, 0.36, 0.5]).tolist() == [1, 4, 5]
 
 
 def test_sampled_proportions_follow_the_weights_within_tolerance():
@@ -160,6 +165,39 @@ def test_pretrain_data_mixture_with_per_source_validation(tmp_path):
     assert abs(counts["books"] / sum(counts.values()) - 0.3) < 1 / len(train) + 1e-9
 
 
+def write_conversations(path, n, word):
+    path.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": f"{word} {i}?"},
+                                                          {"role": "assistant", "content": f"{word} answer {i}."}]})
+                            + "\n" for i in range(n)))
+    return str(path)
+
+
+def test_sft_data_mixture_draws_by_weight_and_validates_per_source(tmp_path):
+    """mode=sft with data.mixture: 20 + 20 conversations at weights 3:1 give an epoch of 30 + 10 (not 20 + 20,
+    as drawing by size would), and a source's val_path is its own validation set."""
+    from zer02llm.data.inputs import sft_data
+
+    tokenizer = Tokenizer.load()
+    web, books = (write_conversations(tmp_path / "web.jsonl", 20, "web"),
+                  write_conversations(tmp_path / "books.jsonl", 20, "book"))
+    val = write_conversations(tmp_path / "books_val.jsonl", 4, "bookval")
+    data = DataConfig(mixture={"web": {"path": web, "weight": 3}, "books": {"path": books, "weight": 1,
+                                                                              "val_path": val}},
+                      val_path=None, seq_len=64, cache_dir=str(tmp_path / "cache"))
+    train, vals = sft_data(data, tokenizer, seed=0)
+    assert isinstance(train, MixtureDataset) and len(train) == 40 and train.draws.tolist() == [30, 10]
+    assert list(vals) == ["books"] and len(vals["books"]) == 4
+    everything = list(range(len(train)))
+    _, targets = train.batch(everything)
+    counts = train.source_tokens(everything, targets)
+    assert sum(counts.values()) == int((targets != -100).sum())  # the supervised tokens, each counted once
+    inputs = train.batch(everything)[0]
+    books_rows = [i for i in everything if train.locate([i])[0][0] == train.names.index("books")]
+    assert len(books_rows) == 10
+    book_word = tokenizer.encode("book")[0]
+    assert all(book_word in inputs[i].tolist() for i in books_rows)  # the rows drawn from books are books'
+
+
 def test_example_mixture_file_loads_and_works_as_a_path(tmp_path):
     example = REPO / "conf" / "data" / "mixture_example.yaml"
     sources = load_mixture(str(example))
@@ -217,7 +255,17 @@ def test_training_on_a_mixture_logs_each_sources_tokens_and_validation(tmp_path)
     rows = read_metrics(tmp_path / "run")
     last = [r for r in rows if "loss" in r][-1]
     assert last["step"] == 20 and last["web/tokens"] + last["books/tokens"] == last["tokens"] == 20 * 4 * 32
-    assert abs(last["books/tokens"] / last["tokens"] - 0.25) < 0.1  # 80 windows of a shuffled 3:1 epoch
+    # exactly: the epoch draws 3:1 (worked by hand from its size, not by the sources' sizes), and the run's
+    # books tokens are the books windows among the 80 samples its sampler gave (seed 1337, batches of 4)
+    data = DataConfig(mixture={"web": {"path": web, "weight": 3}, "books": {"path": books, "weight": 1}},
+                      val_path=None, seq_len=32)
+    train, _ = pretrain_data(data, Tokenizer.load(), seed=1337)
+    n = len(train)
+    assert train.draws.tolist() == [round(3 * n / 4), n - round(3 * n / 4)]
+    sampler = BatchSampler(n, 4, seed=1337)
+    drawn = [i for _ in range(20) for i in sampler.next_batch()]
+    books_windows = int((train.locate(drawn)[0] == train.names.index("books")).sum())
+    assert last["books/tokens"] == books_windows * 32
     evals = [r for r in rows if any(k.endswith("val_loss") for k in r)]
     assert evals and all("books/val_loss" in r and "books/val_bpb" in r and "val_loss" not in r for r in evals)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

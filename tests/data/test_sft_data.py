@@ -275,6 +275,26 @@ def test_window_without_a_target_is_skipped_and_counted(tmp_path, tok, caplog):
         dataset(tmp_path, tok, [long_prompt], seq_len=prompt_len - 1)
 
 
+def test_of_several_files_one_with_no_sample_that_fits_is_skipped_with_a_warning(tmp_path, tok, caplog):
+    from zer02llm.config import DataConfig
+    from zer02llm.data.inputs import sft_data
+
+    long_prompt = [user("word " * 60), assistant("ok")]
+    short = [user("Hi"), assistant("Hello.")]
+    fits = write_jsonl(tmp_path / "short.jsonl", [{"conversations": c} for c in (short, short, short)])
+    too_long = write_jsonl(tmp_path / "long.jsonl", [{"conversations": long_prompt}])
+    data = DataConfig(train_path=[str(fits), str(too_long)], val_path=None, seq_len=32,
+                      cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING):
+        train, _ = sft_data(data, tok, seed=0)
+    assert len(train) == 3  # the short file's conversations, nothing of the other
+    assert f"{too_long}: none of the 1 conversation(s)" in caplog.text and "skipped" in caplog.text
+    # alone, or with no other file that fits, the file is still refused
+    with pytest.raises(DataError, match="none of the 1 conversation"):
+        sft_data(DataConfig(train_path=[str(too_long), str(too_long)], val_path=None, seq_len=32,
+                            cache_dir=str(tmp_path / "cache")), tok, seed=0)
+
+
 def test_batch_is_right_padded_with_pad_id_and_ignored_targets(tmp_path, tok):
     short, long = [user("Hi"), assistant("Yo")], [user("Tell me a story."), assistant("Once upon a time, a cat.")]
     data = dataset(tmp_path, tok, [short, long], seq_len=256)
@@ -342,7 +362,7 @@ def test_bad_lines_are_skipped_counted_and_reported(tmp_path, tok, caplog):
     with pytest.raises(DataError, match=r"mixed.jsonl:2: invalid JSON .*data.strict=true"):
         tokenize_sft_to_cache(path, tok, tmp_path / "strict-cache", strict=True, progress=False)
     # the cache built above does not let the bad lines through a strict run either
-    with pytest.raises(DataError, match=r"skipped 6 malformed line\(s\): line 2: invalid JSON"):
+    with pytest.raises(DataError, match=r"has 6 malformed line\(s\): line 2: invalid JSON"):
         tokenize_sft_to_cache(path, tok, tmp_path / "cache", strict=True, progress=False)
 
 

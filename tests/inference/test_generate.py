@@ -139,3 +139,25 @@ def test_reply_says_why_it_ended_as_openai_names_it():
     first = next(sampling.generate(model, [tokenizer.bos_id], 1, params))  # greedy: the same token again
     done = stream_reply(loaded, [tokenizer.bos_id], options, params, stop_id=first)
     assert (done.finish_reason, done.num_tokens) == ("stop", 1) and truncation_note(done, options, loaded) is None
+
+
+def test_a_prompt_longer_than_the_trained_length_is_warned_about_as_eval_does(checkpoint, monkeypatch, capsys):
+    """The checkpoint was trained on data.seq_len=32 (model.max_seq_len allows more): generate says so, in
+    the words eval uses, and not for a prompt that fits."""
+    from zer02llm.eval import Session
+    from zer02llm.config import EvalConfig
+
+    long_prompt = " ".join(["Once upon a time there was a little dog"] * 6)
+    n_tokens = 1 + len(Tokenizer.load(checkpoint / "tokenizer").encode(long_prompt))
+    assert n_tokens > 32
+    expected = f"[the prompt has {n_tokens} tokens, the model was trained on 32: expect a poor reply]"
+    generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), prompt=long_prompt, max_new_tokens=2, stream=False))
+    assert expected in capsys.readouterr().err.splitlines()
+    generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), prompt="Once", max_new_tokens=2, stream=False))
+    assert "trained on" not in capsys.readouterr().err
+
+    notes: list[str] = []
+    session = Session(EvalConfig(checkpoint=str(checkpoint), chat=False, max_new_tokens=2, stream=False),
+                      write=lambda text: None, note=notes.append)
+    session.reply(long_prompt)
+    assert expected in notes

@@ -237,3 +237,25 @@ def test_prompt_too_long_or_empty_raises():
             list(generate(model, prompt, 5, GREEDY))
     with pytest.raises(ValueError, match="empty"):
         list(generate(model, [], 5, GREEDY))
+
+
+@pytest.mark.parametrize("entry_point", ["generate", "eval", "serve"])
+def test_temperature_0_with_each_entry_points_defaults_is_greedy(entry_point):
+    """No repetition penalty by default (as OpenAI's API and transformers): temperature=0 then picks the
+    argmax of the model's logits, also where that repeats a prompt token, and matches other tools' greedy."""
+    from omegaconf import OmegaConf
+
+    from zer02llm.inference.loading import check_sampling
+
+    from conftest import compose
+
+    options = OmegaConf.to_object(compose(["checkpoint=x", "temperature=0"], config_name=entry_point))
+    assert options.repetition_penalty == 1.0  # the option stays, off
+    model = make_model(seed=1)  # one whose greedy tokens a penalty of 1.1 (the former default) changes
+    got = list(generate(model, PROMPT, 24, check_sampling(options)))
+    ids = list(PROMPT)
+    with torch.no_grad():
+        for _ in range(24):  # the reference: argmax of a whole forward pass, no cache, no sampling code
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert got == ids[len(PROMPT):]
+    assert got != list(generate(model, PROMPT, 24, SamplingParams(temperature=0.0, repetition_penalty=1.1)))

@@ -346,3 +346,65 @@ def test_bench_serve_prints_its_table(server, tmp_path):
     levels = json.loads(out.read_text())["levels"]
     assert [(r["concurrency"], r["requests"]) for r in levels] == [(1, 3), (3, 3)]
     assert all(r["requests_per_s"] > 0 and 0 < r["mean_completion_tokens"] <= 4 for r in levels)
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads_naming_the_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # no checkpoint there: the port is checked first, so the answer comes before any loading
+        with pytest.raises(ConfigError, match=rf"port={port}: 127.0.0.1:{port} is already in use"):
+            serve.make_server(ServeConfig(checkpoint=str(tmp_path / "none"), port=port))
+        proc = run_module("zer02llm.serve", [f"checkpoint={tmp_path / 'none'}", f"port={port}"], cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: port={port}: 127.0.0.1:{port} is already in use")
+
+
+def test_request_shapes_the_api_allows_and_refuses(client, server):
+    """Content as an array of text parts, an out-of-range seed, a non-object stream_options."""
+    user = [{"role": "user", "content": "Hi there"}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}]
+    plain = client.chat.completions.create(model="tinychat", messages=user, temperature=0, max_tokens=12)
+    joined = client.chat.completions.create(model="tinychat", messages=parts, temperature=0, max_tokens=12)
+    assert joined.choices[0].message.content == plain.choices[0].message.content  # the parts, joined
+    assert joined.usage.prompt_tokens == plain.usage.prompt_tokens
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
+    for request, words, param in (
+            (dict(messages=image), "only text parts", "messages[0].content"),
+            (dict(messages=user, seed=2 ** 64), f"'seed'={2 ** 64}: must fit in 64 bits", "seed"),
+            (dict(messages=user, stream=True, stream_options="yes"), "'stream_options' must be an object",
+             "stream_options")):
+        response = httpx.post(server["url"] + "/v1/chat/completions", json={"model": "tinychat", **request})
+        error = response.json()["error"]
+        assert response.status_code == 400 and words in error["message"] and error["param"] == param, error
+    assert health(server)["status"] == "ok"
+
+
+def test_chat_without_a_chat_template_is_refused_and_completions_still_work(server):
+    import copy
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from zer02llm.inference.serving import Engine
+
+    loaded = server["engine"].loaded
+    tokenizer = copy.copy(loaded.tokenizer)
+    tokenizer.chat_template = None  # a pretrained model's tokenizer may have none
+    engine = Engine(dataclasses.replace(loaded, tokenizer=tokenizer), 1, ServeConfig(checkpoint="x"))
+    try:
+        with TestClient(serve.create_app(engine, "plain")) as http:
+            response = http.post("/v1/chat/completions", json={"model": "plain", "messages": [
+                {"role": "user", "content": "hi"}]})
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert "this model cannot chat" in error["message"] and "/v1/completions" in error["message"]
+            assert error["param"] == "messages"
+            response = http.post("/v1/completions", json={"model": "plain", "prompt": "Once", "max_tokens": 3})
+            assert response.status_code == 200 and response.json()["choices"][0]["text"] is not None
+    finally:
+        engine.shutdown()

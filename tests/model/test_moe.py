@@ -72,10 +72,29 @@ def test_layer_equals_naive_reference_forward_and_gradients_float64(norm_topk, s
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
 
 
-def test_grouped_matmul_path_equals_reference_in_float32():
+def count_grouped_mm(monkeypatch) -> list[int]:
+    """Count moe.py's calls of F.grouped_mm from now on; the path must be available here (float32 on CPU)."""
+    import zer02llm.model.moe as moe
+
+    if not moe._HAS_GROUPED_MM:
+        pytest.skip("this torch has no torch.nn.functional.grouped_mm")
+    assert moe._grouped_mm_supported(torch.zeros(2, 2)), "moe.py does not choose grouped_mm for float32 on CPU"
+    calls, original = [0], moe.F.grouped_mm
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(moe.F, "grouped_mm", counting)
+    return calls
+
+
+def test_grouped_matmul_path_equals_reference_in_float32(monkeypatch):
     layer = moe_layer(dtype=torch.float32)
     x = torch.randn(4, 9, 16)
+    calls = count_grouped_mm(monkeypatch)
     out, _ = layer(x)  # float32 on CPU runs the grouped matmul kernel (float64 runs the per-expert loop)
+    assert calls[0] == 3, f"grouped_mm ran {calls[0]} times, expected gate, up and down"
     torch.testing.assert_close(out, naive_moe(layer.double(), x.double()).float(), rtol=1e-4, atol=1e-5)
 
 
@@ -264,7 +283,10 @@ def test_per_expert_fallback_equals_grouped_matmul(monkeypatch):
 
     layer = moe_layer(dtype=torch.float32)
     x = torch.randn(3, 7, 16)
+    calls = count_grouped_mm(monkeypatch)
     grouped, _ = layer(x)
+    assert calls[0] == 3  # the grouped path ran: the comparison is not the fallback's with itself
     monkeypatch.setattr(moe, "_grouped_mm_agrees", lambda device, dtype: False)
     fallback, _ = layer(x)
+    assert calls[0] == 3, "the per-expert loop called grouped_mm"
     torch.testing.assert_close(fallback, grouped, rtol=1e-5, atol=1e-6)

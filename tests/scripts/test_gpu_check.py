@@ -14,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None  # not in the README's install (.[dev])
 GPU_TESTS = {"test_bf16_training_steps_agree_with_float32", "test_float16_grad_scaler_trains_and_skips_an_inf_step",
              "test_compiled_training_matches_eager", "test_grouped_mm_expert_mlp_matches_per_expert_loop_on_cuda",
              "test_grouped_mm_moe_model_matches_per_expert_loop_on_cuda",
@@ -48,7 +49,8 @@ def test_cpu_smoke_writes_json_and_markdown_reports(tmp_path):
     assert report["seconds"] < report["budget_s"]
     assert report["peaks"]["datasheet_tflops"] is None and report["peaks"]["measured_tflops"] > 0
 
-    # pytest -m gpu ran; every GPU test was collected and skipped, saying why
+    # pytest -m gpu ran; every GPU test was collected and skipped because there is no GPU (none for a missing
+    # optional package: test modules skip per test, so `-m gpu` deselects the rest)
     tests = report["tests"]
     assert tests["returncode"] == 0 and not tests["timed_out"]
     assert {case["outcome"] for case in tests["cases"]} == {"skipped"}
@@ -64,14 +66,18 @@ def test_cpu_smoke_writes_json_and_markdown_reports(tmp_path):
         assert ours["tokens_per_s"] > 0 and ours["ms_per_step_median"] > 0 and ours["peak_mem_mb"] > 0
         assert ours["mfu"] is None and ours["mfu_measured"] > 0  # no datasheet peak for a CPU
         assert ours["warmup_s"] > 0 and run["flops_per_token"] > 0
-    for name in ("tiny-dense-eager", "tiny-dense-compiled"):  # the transformers peer in the same run
-        assert runs[name]["train"]["peer"]["tokens_per_s"] > 0 and runs[name]["train"]["ratio"] > 0
+    for name in ("tiny-dense-eager", "tiny-dense-compiled"):  # the transformers peer in the same run, if installed
+        if HAS_TRANSFORMERS:
+            assert runs[name]["train"]["peer"]["tokens_per_s"] > 0 and runs[name]["train"]["ratio"] > 0
+        else:
+            assert "peer" not in runs[name]["train"]
     assert "peer" not in runs["tiny-moe-eager"]["train"]
     for name in ("tiny-dense-compiled", "tiny-moe-compiled"):
         assert {"--compile", "--no-generate", "aot_eager"} <= set(runs[name]["argv"]) and runs[name]["generate"] is None
     generation = runs["tiny-dense-eager"]["generate"]
-    assert generation["ours"]["tokens_per_s"] > 0 and generation["peer"]["tokens_per_s"] > 0
-    assert generation["ours"]["new_tokens"] == 4 and isinstance(generation["greedy_match"], bool)
+    assert generation["ours"]["tokens_per_s"] > 0 and generation["ours"]["new_tokens"] == 4
+    if HAS_TRANSFORMERS:  # the same weights, greedy: the same tokens as transformers
+        assert generation["peer"]["tokens_per_s"] > 0 and generation["greedy_match"] is True
     assert runs["tiny-moe-eager"]["active_params"] < runs["tiny-moe-eager"]["params"]
 
     markdown = (out / "report.md").read_text()

@@ -152,3 +152,27 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
     assert {t.state.name for t in trials} == {"COMPLETE", "FAIL"}  # this seed draws both kinds
     text = (tmp_path / "sw" / "summary.md").read_text()
     assert "Failed jobs:" in text and "fail |" in text
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_failed_says_so_names_their_logs_and_exits_1(tmp_path):
+    # n_heads=3 does not divide dim=32: every trial's config is refused
+    proc = run_module("zer02llm.train", [*SEARCH, "hydra.sweeper.n_trials=2", "model.n_heads=3",
+                                         *(o for o in BASE if not o.startswith("model.n_heads="))], cwd=tmp_path,
+                      check=False)
+    sweep_dir = tmp_path / "sw"
+    assert [t.state.name for t in trials_of(sweep_dir)] == ["FAIL", "FAIL"]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "every trial of the search failed (2 of 2)" in proc.stderr
+    assert "their logs: sw/0/train.log, sw/1/train.log" in proc.stderr  # hydra.sweep.dir=sw as given
+
+
+def test_a_trial_stopped_by_a_signal_is_not_counted_as_failed(tmp_path):
+    search = hpsearch.Search("zer02llm", [hpsearch.Trial(0, "FAIL", None), hpsearch.Trial(1, "RUNNING", None)])
+    message = hpsearch.no_best_trial(search, tmp_path)
+    assert message.startswith("every trial of the search failed (1 of 2)")
+    assert "1 trial(s) were stopped before they finished" in message and "not a failure" in message
+    assert hpsearch.no_best_trial(hpsearch.Search("zer02llm", [hpsearch.Trial(0, "RUNNING", None)]),
+                                  tmp_path).startswith("no trial of the search finished")
+    assert hpsearch.no_best_trial(hpsearch.Search("zer02llm", [hpsearch.Trial(0, "FAIL", None),
+                                                               hpsearch.Trial(1, "COMPLETE", 2.0)]), tmp_path) is None

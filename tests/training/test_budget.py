@@ -48,7 +48,7 @@ def test_the_models_flops_per_token_is_the_hand_count(model):
 
 
 @pytest.mark.parametrize("model", MODELS, ids=["tiny", "untied-gqa", "default"])
-def test_a_flops_budget_buys_fewer_steps_for_a_bigger_model(model):
+def test_a_flops_budget_buys_whole_steps_of_the_models_hand_counted_flops(model):
     batch, accum, world, seq_len = 4, 2, 3, 64
     tokens_per_step = batch * accum * world * seq_len
     _, per_token = hand_counted_flops_per_token(model, seq_len)
@@ -61,6 +61,21 @@ def test_a_flops_budget_buys_fewer_steps_for_a_bigger_model(model):
         assert plan.key == FLOPS_BUDGET and plan.tokens == expected * tokens_per_step
         assert plan.flops == expected * tokens_per_step * per_token
         assert abs(plan.flops - budget) <= step_flops / 2  # within half a step of the budget
+
+
+def test_one_flops_budget_buys_each_model_steps_in_inverse_proportion_to_its_flops_per_token():
+    """The name's claim across models: one budget, the models ordered by FLOPs per token, and the steps
+    each buys ordered the other way (10,000 steps of the smallest; the others by the hand-counted ratio)."""
+    batch, accum, world, seq_len = 4, 2, 1, 64
+    tokens_per_step = batch * accum * world * seq_len
+    per_token = sorted(hand_counted_flops_per_token(model, seq_len)[1] for model in MODELS)
+    assert per_token[0] < per_token[1] < per_token[2]
+    budget = 10_000 * tokens_per_step * per_token[0]
+    train = TrainConfig(batch_size=batch, grad_accum=accum, flops_budget=budget)
+    steps = [plan_budget(train, tokens_per_step, flops).steps for flops in per_token]
+    assert steps[0] == 10_000 and steps[0] > steps[1] > steps[2] >= 1
+    for flops, got in zip(per_token, steps):
+        assert got == round(10_000 * per_token[0] / flops)
 
 
 def test_a_token_budget_rounds_to_the_nearest_step():

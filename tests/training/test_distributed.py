@@ -61,6 +61,7 @@ def test_only_rank_0_writes(runs, tmp_path):
     assert (run_dirs[0] / "checkpoints" / "last" / "model.safetensors").exists()
     log = (run_dirs[0] / "train.log").read_text()
     assert "(2 ranks)" in log and log.count("saved checkpoint") == 1
+    assert "steps of 4 sequences (train.batch_size=2 x 2 ranks x train.grad_accum=1)" in log  # the global batch
 
 
 @pytest.mark.slow
@@ -108,6 +109,7 @@ def test_fsdp_matches_one_process_and_its_checkpoints_load_at_another_world_size
     work = runs["work"]
     torchrun([*DDP, "train.batch_size=2", "distributed.strategy=fsdp", "hydra.run.dir=fsdp"], work)
     fsdp, single = read_metrics(work / "fsdp"), read_metrics(runs["single"])
+    assert [r["step"] for r in fsdp] == [r["step"] for r in single] and fsdp  # zip below would stop at the shorter
     for a, b in zip(fsdp, single):
         for key in ("loss", "val_loss"):
             if key in a:
@@ -134,7 +136,9 @@ def test_sft_ranks_weigh_every_assistant_token_like_one_process(tmp_path):
     torchrun([*args, "train.batch_size=2", "hydra.run.dir=ddp"], tmp_path)
     run_module("zer02llm.train", [*args, "train.batch_size=4", "hydra.run.dir=single"], cwd=tmp_path)
     ddp, single = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] and ddp  # zip below would stop at the shorter
     for a, b in zip(ddp, single):
+        assert a.keys() == b.keys()  # the same figures logged at each step
         for key in ("loss", "val_loss", "tokens"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5), key

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -197,13 +198,57 @@ def test_reference_is_cached_and_lora_at_zero_is_the_base(tokenizer, tmp_path, c
     assert weights_fingerprint(model) != weights_fingerprint(lora)
 
 
+@pytest.mark.parametrize("damage, warning", [
+    ("empty", "unreadable"), ("truncated", "unreadable"), ("pickled", "unreadable"),
+    ("wrong_shape", "holds (3, 3) values, not those of"), ("non_finite", "non-finite value(s)")])
+def test_a_damaged_reference_cache_is_computed_again_with_a_warning(tokenizer, tmp_path, caplog, damage, warning):
+    cfg = toy_config(tmp_path)
+    model = toy_model(torch.float32)
+    _, train = prepared(cfg, tokenizer, model)
+    (path,) = (tmp_path / "cache").glob("*-reference-*.npy")
+    good = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "pickled":
+        np.save(path, np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+    elif damage == "wrong_shape":
+        np.save(path, np.zeros((3, 3), dtype=np.float32))
+    else:
+        values = train.reference.copy()
+        values[1, 0] = np.nan
+        np.save(path, values)
+    with caplog.at_level(logging.WARNING, logger="zer02llm.training.dpo"):
+        _, again = prepared(cfg, tokenizer, model)
+    assert warning in caplog.text and str(path) in caplog.text
+    assert np.array_equal(again.reference, train.reference)  # computed again from the same weights
+    assert np.array_equal(np.load(path), train.reference)  # and the cache repaired
+
+
 def test_one_forward_over_both_sides_gives_the_moe_balance_loss(tokenizer, tmp_path):
     model = toy_model(torch.float32, MoEConfig)
     objective, train = prepared(toy_config(tmp_path), tokenizer, model)
-    computed = objective.compute(model, train.batch([0, 1]))
+    batch = train.batch([0, 1])
+    computed = objective.compute(model, batch)
     assert computed.output.aux_loss is not None and computed.output.logits.shape[0] == 4
+    # the value: the model's own balance loss over all four sequences at once (chosen and rejected together)
+    with torch.no_grad():
+        expected = model(batch[0]).aux_loss
+    assert computed.output.aux_loss.item() == pytest.approx(expected.item(), rel=1e-6) and expected.item() > 0
     (computed.loss + computed.output.aux_loss).backward()
     assert math.isfinite(computed.loss.item())
+
+
+def test_a_steps_tokens_are_what_the_forward_pass_processes(tokenizer, tmp_path):
+    """Prompts and answers of both sides (the forward pass's input tokens), not the answer tokens alone:
+    the summary's FLOPs are 6 N per processed token."""
+    objective, train = prepared(toy_config(tmp_path), tokenizer, toy_model(torch.float32))
+    indices = [0, 1, 2]
+    # each side's input is its ids but the last (the last id is only a target)
+    expected = sum(len(chosen) - 1 + len(rejected) - 1 for (chosen, _), (rejected, _) in train.pairs(indices))
+    answers = sum(int(mask[1:].sum()) for side in train.pairs(indices) for _, mask in side)
+    assert objective.counts(train.batch(indices)) == (3, expected) and expected > answers
 
 
 def test_bad_dpo_settings_are_refused_each_with_its_key():

@@ -216,6 +216,13 @@ def test_usr2_saves_a_checkpoint_at_the_current_step_then_stops(reference_run, t
         assert torch.equal(expected[name], got[name]), name
 
 
+def test_the_step_is_described_by_its_global_batch():
+    from zer02llm.training.trainer import describe_step
+
+    assert describe_step(4, 2, 3, "sequence") == "24 sequences (train.batch_size=4 x 2 ranks x train.grad_accum=3)"
+    assert describe_step(4, 1, 1, "pair") == "4 pairs (train.batch_size=4 x train.grad_accum=1)"
+
+
 def test_epochs_set_the_number_of_steps(tmp_path):
     """train.max_steps=-1: as many optimizer steps as train.epochs passes over the packed windows."""
     import json as _json

@@ -276,7 +276,7 @@ def _build(path: str | os.PathLike, files: dict[str, Path], meta_path: Path, enc
     if bad.count or bad.damaged:
         log.warning("%s (data.strict=true makes them an error)", bad.summary(path))
     meta = {"source": os.path.realpath(path), **counts, "bad_lines": bad.count, "damaged": len(bad.damaged),
-            "bad_summary": bad.summary(path), "seconds": round(time.time() - started, 2)}
+            "bad_summary": bad.summary(path), "bad": bad.to_dict(), "seconds": round(time.time() - started, 2)}
     write_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
 
@@ -305,7 +305,10 @@ def from_cache(path: str | os.PathLike, files: dict[str, Path], meta_path: Path,
     meta = json.loads(meta_path.read_text())
     damaged = meta.get("damaged", 0)
     if (meta["bad_lines"] or damaged) and strict:
-        raise DataError(f"{meta['bad_summary']} (data.strict=true; set it false to skip such lines)")
+        # a strict run skips nothing: it refuses what a non-strict run skipped when it built the cache
+        found = (BadLines.from_dict(meta["bad"]).summary(path, skipped=False) if "bad" in meta
+                 else meta["bad_summary"].replace(": skipped ", ": has ", 1))
+        raise DataError(f"{found} (data.strict=true refuses them; set data.strict=false to skip such lines)")
     if meta["bad_lines"] or damaged:
         log.warning("%s (counted when the cache was built)", meta["bad_summary"])
     return meta

@@ -80,7 +80,16 @@ def sft_data(data: Any, tokenizer: Tokenizer, seed: int) -> tuple[Any, dict[str,
     def build(paths: Any, key: str) -> Any:
         files = cached_files(paths, lambda f: tokenize_sft_to_cache(f, tokenizer, data.cache_dir,
                                                                     strict=data.strict), key)
-        parts = [SFTDataset(f, data.seq_len, tokenizer.pad_id) for f in files]
+        parts, refused = [], []
+        for f in files:
+            try:
+                parts.append(SFTDataset(f, data.seq_len, tokenizer.pad_id))
+            except DataError as e:  # no conversation of this file has an answer within data.seq_len
+                refused.append(e)
+        if not parts:  # nothing usable at all: the first file's own error
+            raise refused[0]
+        for e in refused:  # the other files have usable samples: train on those, as pretraining does
+            log.warning("%s: skipped (the other files of %s have usable samples)", e, key)
         return parts[0] if len(parts) == 1 else ConcatDataset(parts, (tokenizer.pad_id, IGNORE_INDEX))
 
     return _datasets(data, "sft", seed, build, (tokenizer.pad_id, IGNORE_INDEX))

@@ -68,13 +68,15 @@ class BadLines:
         if hint and hint not in self.hints:
             self.hints.append(hint)
 
-    def summary(self, path: str | os.PathLike) -> str:
+    def summary(self, path: str | os.PathLike, skipped: bool = True) -> str:
+        """What was found; `skipped` False: a strict run refusing them, which skipped nothing."""
         damage = "".join(f"; damaged: {where}" for where in self.damaged)
         if not self.count:
             return f"{path}: no malformed line" + damage
         shown = "; ".join(f"line {n}: {why}" for n, why in self.first)
         more = f" (and {self.count - len(self.first)} more)" if self.count > len(self.first) else ""
-        return f"{path}: skipped {self.count} malformed line(s): {shown}{more}" + "".join(
+        found = "skipped" if skipped else "has"
+        return f"{path}: {found} {self.count} malformed line(s): {shown}{more}" + "".join(
             f". {hint}" for hint in self.hints) + damage
 
 

@@ -1,8 +1,8 @@
 """Supervised fine-tuning data: conversations rendered by the tokenizer's chat template, loss on answers only.
 
 A line of minimind's SFT format is `{"conversations": [{"role": ..., "content": ...}, ...]}`. Each
-conversation is rendered with the chat template of tokenizer_config.json and tokenized with a
-per-token `supervised` flag: True on the assistant's content and its end-of-turn token, False on
+conversation is rendered with the tokenizer's chat template (chat_template.jinja or tokenizer_config.json)
+and tokenized with a per-token `supervised` flag: True on the assistant's content and its end-of-turn token, False on
 everything else (system and user turns, role headers, the newline after the end-of-turn token). The
 boundaries come from the template itself (rendering prefixes of the conversation), never from a
 hard-coded ChatML layout, so any prefix-stable template works.
@@ -106,7 +106,7 @@ class TemplateRenderError(TemplateError):
 class ChatTemplate:
     """The chat template of a tokenizer, rendered in a sandbox, with per-token supervision flags.
 
-    The template is a Jinja string from tokenizer_config.json, i.e. code from a possibly untrusted
+    The template is a Jinja string from chat_template.jinja or tokenizer_config.json, i.e. code from a possibly untrusted
     directory, so it runs in jinja2's ImmutableSandboxedEnvironment, with the options and helpers
     `transformers` gives templates (trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
     a non-escaping `tojson`, `strftime_now`), so renders match `apply_chat_template`.
@@ -117,7 +117,8 @@ class ChatTemplate:
         if not tokenizer.chat_template:
             raise TemplateError(
                 f"tokenizer at {tokenizer.path} has no chat template: SFT needs a Jinja \"chat_template\" "
-                f"string in {Path(tokenizer.path) / 'tokenizer_config.json'} (e.g. the shipped tokenizer/'s)")
+                f"string in {Path(tokenizer.path) / 'tokenizer_config.json'} (e.g. the shipped tokenizer/'s) or a "
+                f"{Path(tokenizer.path) / 'chat_template.jinja'} file")
         self.tokenizer = tokenizer
         self.source = tokenizer.chat_template
         self.fingerprint = hashlib.sha256(self.source.encode("utf-8")).hexdigest()

@@ -120,6 +120,21 @@ def truncation_note(reply: Reply, options: SamplingOptions, loaded: Loaded) -> O
     return f"[truncated at max_new_tokens={options.max_new_tokens}]"
 
 
+def trained_context(loaded: Loaded) -> int:
+    """The longest prompt and reply the model saw in training: its data.seq_len, within model.max_seq_len."""
+    max_seq_len = loaded.model.cfg.max_seq_len
+    return min(loaded.trained_seq_len or max_seq_len, max_seq_len)
+
+
+def long_prompt_note(prompt_tokens: int, loaded: Loaded) -> Optional[str]:
+    """A one-line warning for a prompt at or past the length the model was trained on (positions it never
+    saw, though model.max_seq_len allows them), None otherwise; generate, eval and serve say the same."""
+    context = trained_context(loaded)
+    if prompt_tokens < context or context >= loaded.model.cfg.max_seq_len:
+        return None
+    return f"[the prompt has {prompt_tokens} tokens, the model was trained on {context}: expect a poor reply]"
+
+
 def make_generator(loaded: Loaded, seed: Optional[int]) -> Optional[torch.Generator]:
     device = loaded.model.tok_embeddings.weight.device
     return torch.Generator(device).manual_seed(seed) if seed is not None else None

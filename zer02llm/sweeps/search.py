@@ -121,6 +121,37 @@ def read_search(sweep_dir: Path) -> Optional[Search]:
     return Search(summary.study_name, trials, summary.direction.name)
 
 
+def no_best_trial(search: Search, sweep_dir: Path) -> Optional[str]:
+    """Why the search has no best trial, naming the failed trials' logs; None when it has one.
+
+    A trial left RUNNING or WAITING (its job stopped by a signal, requeued, or the search interrupted)
+    is not counted as failed: continuing the study may still complete it or others."""
+    if search.best is not None:
+        return None
+    failed = [t for t in search.trials if t.state == "FAIL"]
+    stopped = [t for t in search.trials if t.state in ("RUNNING", "WAITING")]
+
+    def log_of(trial: Trial) -> str:
+        job_dir = sweep_dir / str(trial.number)
+        logs = sorted(job_dir.glob("*.log"))
+        return str(logs[0] if logs else job_dir)
+
+    shown = ", ".join(log_of(t) for t in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    if failed and len(failed) + len(stopped) == len(search.trials):
+        message = (f"every trial of the search failed ({len(failed)} of {len(search.trials)}), so there is no best "
+                   f"trial; their logs: {shown} (the first error of each: {sweep_dir / 'summary.md'})")
+    elif failed:
+        message = (f"no trial of the search completed with a finite value ({len(failed)} failed, the others "
+                   f"{', '.join(sorted({t.state for t in search.trials} - {'FAIL'}))}): no best trial; the failed "
+                   f"trials' logs: {shown}")
+    else:
+        message = f"no trial of the search finished ({len(search.trials)} started): no best trial yet"
+    if stopped:
+        message += (f". {len(stopped)} trial(s) were stopped before they finished (a signal, a requeue), which is "
+                    f"not a failure: rerun the command with hydra.sweep.dir={sweep_dir} to continue the study")
+    return message
+
+
 def _configured_study_name(sweep_dir: Path) -> Optional[str]:
     import yaml
 

@@ -9,8 +9,9 @@ token. A budget decides the step count on its own: train.max_steps and train.epo
 read (the start-of-run line says so). Pure arithmetic: no torch, no Hydra.
 
 A step is counted as batch_size x grad_accum x world_size x seq_len tokens: exact for packed pretraining;
-for SFT and DPO, whose padded batches train on fewer target tokens, the budget is an upper bound
-(summary.json's `tokens` and `flops` then count the tokens really trained on: the supervised ones).
+for SFT and DPO, whose batches are padded, the budget is an upper bound (summary.json's `tokens` and
+`flops` then count the tokens really trained on: SFT's supervised ones; for DPO every prompt and answer
+token of both sides, which its forward passes process).
 """
 
 from __future__ import annotations

@@ -160,13 +160,17 @@ class DPO(Objective):
     @staticmethod
     def _load(path: Path, table: torch.Tensor, pairs: int) -> bool:
         try:
-            values = np.load(path)
-        except (OSError, ValueError) as e:
+            values = np.load(path)  # allow_pickle=False: a file holding objects is refused, not run
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             log.warning("DPO reference %s unreadable (%s): computing it again", path, e)
             return False
-        if values.shape != (pairs, 2) or not np.isfinite(values).all():
+        if values.shape != (pairs, 2):
             log.warning("DPO reference %s holds %s values, not those of %d pairs: computing it again", path,
                         values.shape, pairs)
+            return False
+        if not np.isfinite(values).all():
+            log.warning("DPO reference %s holds %d non-finite value(s): computing it again", path,
+                        int((~np.isfinite(values)).sum()))
             return False
         table.copy_(torch.from_numpy(values.astype(np.float32)))
         return True
@@ -201,8 +205,10 @@ class DPO(Objective):
 
     # --- training and validation -------------------------------------------------------------
     def counts(self, batch: Batch) -> tuple[int, int]:
-        targets = batch[1]
-        return targets.shape[0] // 2, int((targets != IGNORE_INDEX).sum())
+        """(pairs, tokens the forward pass processes): every prompt and answer token of both sides, padding
+        not counted; the summary's tokens and FLOPs (6 N per token) count these, not the answers alone."""
+        inputs = batch[0]
+        return inputs.shape[0] // 2, int((inputs != self.tokenizer.pad_id).sum())
 
     def compute(self, forward: Callable[..., Output], batch: Batch) -> Computed:
         if len(batch) != 3:

@@ -7,11 +7,10 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -23,7 +22,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from zer02llm import checkpoint as ckpt
-from zer02llm.training import distributed
+from zer02llm.training import distributed, rundir
 from zer02llm.interop import transformers as interop
 from zer02llm.training.budget import plan_budget
 from zer02llm.config import Config, ConfigError
@@ -45,9 +44,20 @@ FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 MOE_FIGURES = ("aux_loss", "expert_load", "router_entropy", "dropped_tokens")  # Output fields of an MoE model
 
 
+def describe_step(batch_size: int, world_size: int, grad_accum: int, sample: str) -> str:
+    """One optimizer step's global batch and how it is made up, e.g. "8 sequences (train.batch_size=4 x
+    2 ranks x train.grad_accum=1)": a rank's own batch alone would hide what the step trains on."""
+    ranks = f" x {world_size} ranks" if world_size > 1 else ""
+    return (f"{batch_size * world_size * grad_accum} {sample}s (train.batch_size={batch_size}{ranks} x "
+            f"train.grad_accum={grad_accum})")
+
+
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any]):
-        self.cfg, self.resolved_config = cfg, resolved_config
+    def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any],
+                 on_claim: Optional[Callable[[], None]] = None):
+        """`on_claim`: called (rank 0) once the run is accepted, before anything else is written to
+        `run_dir` (the entry point writes Hydra's record and opens the log file)."""
+        self.cfg, self.resolved_config, self.on_claim = cfg, resolved_config, on_claim
         self.env = distributed.read_env()
         device, self.dtype = resolve_device(cfg.hardware)
         self.device = distributed.device_for(self.env, device)
@@ -104,7 +114,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
-        self.tokens_seen = 0  # target tokens trained on (every token when pretraining; assistant tokens in SFT)
+        # tokens trained on (every token when pretraining; assistant tokens in SFT; both sides' in DPO)
+        self.tokens_seen = 0
         self.source_tokens_seen: dict[str, int] = {}  # of each data.mixture source
         # training wall time of earlier invocations (up to the checkpoint resumed from) and of this one
         self.wall_seconds_before = 0.0
@@ -344,20 +355,24 @@ class Trainer:
         log.info("resumed from %s at step %d", found.path, self.step)
 
     def claim_run_dir(self) -> None:
-        """Write config.yaml and cut metrics.jsonl back to this start's step (0 when fresh: a killed first
-        attempt's rows go). Called once the checkpoint is accepted or a fresh start decided, so a
-        refused resume leaves the run directory as it was."""
+        """Move an old run aside (train.overwrite=true), write config.yaml and cut metrics.jsonl back to
+        this start's step (0 when fresh: a killed first attempt's rows go). Called once the checkpoint
+        is accepted or a fresh start decided, so a refused resume leaves the run directory as it was."""
         if not self.env.is_main:
             return
+        if self.cfg.train.overwrite:
+            aside = rundir.move_aside(self.run_dir)
+            if aside is not None:
+                log.info("train.overwrite=true: moved the run that was in %s to %s", self.run_dir, aside)
+        if self.on_claim is not None:
+            self.on_claim()
         write_run_config(self.run_dir / "config.yaml", self.resolved_config)
         self.metrics.truncate_after(self.step)
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         cfg = self.cfg
-        resume = cfg.train.resume
-        if resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
-            resume = "auto"  # a requeued SLURM job continues from its own run directory's checkpoint
+        resume = rundir.effective_resume(cfg.train.resume)  # a requeued SLURM job: "auto"
         if resume:
             self.resume(resume)
             if self.step >= self.total_steps:  # nothing to do: the finished run's summary.json stays as it is
@@ -381,10 +396,10 @@ class Trainer:
         log.info("model %s: %.2fM parameters (%.2fM without embeddings%s), device %s, dtype %s", cfg.model.name,
                  n_params / 1e6, self.model.num_params(exclude_embeddings=True) / 1e6, active, self.device,
                  str(self.dtype).replace("torch.", ""))
-        sample = self.objective.sample_name
-        log.info("data (%s): %d training %ss of up to %d tokens; %d steps of %d x %d %ss", cfg.mode.name,
-                 len(self.train_data), sample, cfg.data.seq_len, self.total_steps, cfg.train.grad_accum,
-                 cfg.train.batch_size, sample)
+        log.info("data (%s): %d training %ss of up to %d tokens; %d steps of %s", cfg.mode.name,
+                 len(self.train_data), self.objective.sample_name, cfg.data.seq_len, self.total_steps,
+                 describe_step(cfg.train.batch_size, self.env.world_size, cfg.train.grad_accum,
+                               self.objective.sample_name))
         tracker = None
         if cfg.logger == "wandb" and self.env.is_main:
             tracker = WandbLogger(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name, list(cfg.wandb.tags),
