@@ -293,7 +293,8 @@ def _orthogonalised_shard(update: DTensor, index: int, coefficients: tuple[float
     group = mesh.get_group()
     owner = index % mesh.size()
     if mesh.get_local_rank() == owner:
-        ortho = zeropower_via_newtonschulz(full, coefficients, steps, eps).float()
+        # contiguous: a tall matrix comes back transposed, and a broadcast sends the storage as it lies
+        ortho = zeropower_via_newtonschulz(full, coefficients, steps, eps).float().contiguous()
     else:
         ortho = torch.empty(full.shape, dtype=torch.float32, device=full.device)
     dist.broadcast(ortho, group=group, group_src=owner)
