@@ -205,12 +205,12 @@ class OptimConfig:
 
     name: str = "adamw"
     # peak lr of the hidden matrices (Muon), before Muon's own shape scaling (muon_adjust_lr)
-    matrix_lr: float = 0.02
+    matrix_lr: float = 0.005
     # peak lrs of the AdamW groups at model.dim = lr_reference_dim; at another width each is scaled by
     # sqrt(lr_reference_dim / model.dim) (nanochat's rule), so one set of values serves every preset
-    embedding_lr: float = 0.02
+    embedding_lr: float = 0.016
     head_lr: float = 0.004
-    scalar_lr: float = 0.02
+    scalar_lr: float = 0.008
     # null: no width scaling (the AdamW groups' lrs as given)
     lr_reference_dim: Optional[int] = 512
     muon_momentum: float = 0.95
