@@ -331,7 +331,8 @@ def test_two_ddp_ranks_take_the_steps_of_one_process_with_muon(tmp_path):
 def test_the_default_pretraining_run_beats_adamw_at_the_cpu_preset(tmp_path):
     """`python -m zer02llm.train` as shipped (mode=pretrain: Muon, per-group lrs) against the same run with
     optim=adamw at the preset's train.lr: 400 steps of the cpu preset on the shipped sample corpus, validated on
-    its whole validation file. Measured: MARGIN_NOTE."""
+    its whole validation file. Measured here: 0.721 against 1.285 (val loss 2.13 against 3.57 at step 100):
+    Muon is ahead all along; 0.3 leaves room for another machine's rounding."""
     losses = {}
     for optim in ("muon", "adamw"):
         args = ["train.eval_batches=-1", "train.save_interval=1000", f"hydra.run.dir={optim}"]
@@ -339,7 +340,7 @@ def test_the_default_pretraining_run_beats_adamw_at_the_cpu_preset(tmp_path):
         losses[optim] = json.loads((tmp_path / optim / "summary.json").read_text())["final_val_loss"]
         config = OmegaConf.load(tmp_path / optim / "config.yaml")
         assert config.optim.name == optim and config.train.max_steps == 400
-    assert losses["muon"] < losses["adamw"] - MARGIN, losses
+    assert losses["muon"] < losses["adamw"] - 0.3, losses
 
 
 # --- the config ---------------------------------------------------------------------------------
