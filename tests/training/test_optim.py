@@ -448,3 +448,61 @@ def test_each_groups_lr_reaches_its_parameters(tmp_path):
         if kinds[name] != "matrix":
             moved = (param.detach() - before[name]).abs().max().item()
             assert moved == pytest.approx(expected[kinds[name]], rel=1e-3), name
+
+
+def _sharded_muon_rank(rank: int, port: int, results) -> None:
+    """One of two gloo ranks: torch.optim.Muon on whole matrices beside our Muon on FSDP2 shards of them."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from zer02llm.training import optim
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    calls = []
+    orthogonalise = optim.zeropower_via_newtonschulz
+    optim.zeropower_via_newtonschulz = lambda grad, *args: calls.append(tuple(grad.shape)) or orthogonalise(grad, *args)
+
+    def model() -> torch.nn.Sequential:  # tall, wide, and an odd number of rows (uneven shards)
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(24, 40, bias=False), torch.nn.Linear(40, 24, bias=False),
+                                   torch.nn.Linear(24, 7, bias=False))
+
+    reference, sharded = model(), model()
+    for layer in sharded:
+        fully_shard(layer)
+    fully_shard(sharded)
+    args = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
+    ours, theirs = Muon(sharded.parameters(), **args), torch.optim.Muon(reference.parameters(), **args)
+    torch.manual_seed(1)
+    inputs = torch.randn(3, 8, 24)
+    for x in inputs:
+        reference(x).square().mean().backward()
+        sharded(x[4 * rank:4 * rank + 4]).square().mean().backward()  # FSDP averages the two halves' gradients
+        theirs.step(), ours.step()
+        theirs.zero_grad(), ours.zero_grad()
+    gaps = [(p.full_tensor() - q).abs().max().item() for p, q in zip(sharded.parameters(), reference.parameters())]
+    results[rank] = {"gaps": gaps, "calls": calls}
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_muon_steps_as_torch_muon_and_shares_newton_schulz_between_ranks():
+    """Muon on FSDP2 shards (gathered, orthogonalised by one rank each, broadcast, re-sharded) against
+    torch.optim.Muon on the whole matrices, 3 steps: the same to 1e-6. Each rank ran Newton-Schulz only on
+    its own matrices (matrix i on rank i % 2), once per step."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_sharded_muon_rank, args=(port, results), nprocs=2)
+    for rank in (0, 1):
+        assert max(results[rank]["gaps"]) <= 1e-6, results[rank]["gaps"]
+    assert results[0]["calls"] == [(40, 24), (7, 24)] * 3  # matrices 0 and 2
+    assert results[1]["calls"] == [(24, 40)] * 3  # matrix 1
