@@ -171,8 +171,10 @@ class TrainConfig:
     # x tokens (6 * N_matmul + 12 * n_layers * dim * seq_len per token, scripts/bench.py). At most one; null: off
     token_budget: Optional[float] = None
     flops_budget: Optional[float] = None
+    # peak lr of optim=adamw, every trained parameter (SFT, DPO; pretraining with optim=adamw). optim=muon does
+    # not read it: each of its groups has its own (OptimConfig), and the warmup and decay below scale them all
     lr: float = 5e-4
-    # cosine decay ends at lr * min_lr_ratio
+    # cosine decay ends at the peak lr * min_lr_ratio
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
