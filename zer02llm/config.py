@@ -211,7 +211,7 @@ class OptimConfig:
     # peak lrs of the AdamW groups at model.dim = lr_reference_dim; at another width each is scaled by
     # sqrt(lr_reference_dim / model.dim) (nanochat's rule), so one set of values serves every preset
     embedding_lr: float = 0.016
-    head_lr: float = 0.004
+    head_lr: float = 0.016
     scalar_lr: float = 0.008
     # null: no width scaling (the AdamW groups' lrs as given)
     lr_reference_dim: Optional[int] = 512

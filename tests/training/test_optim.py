@@ -96,7 +96,7 @@ def test_adamw_is_torchs_own_optimizer_and_muon_combines_three():
     assert isinstance(muon.optimizers["muon_experts"], ExpertMuon)
     lrs = {name: [(g["name"], g["base_lr"]) for g in opt.param_groups] for name, opt in muon.optimizers.items()}
     # the dataclass's values at model.dim=32: the AdamW groups x sqrt(512 / 32) = 4, the matrices as given
-    assert lrs == {"adamw": [("embedding", 4 * 0.016), ("head", 4 * 0.004), ("scalar", 4 * 0.008)],
+    assert lrs == {"adamw": [("embedding", 4 * 0.016), ("head", 4 * 0.016), ("scalar", 4 * 0.008)],
                    "muon": [("matrix", 0.005)], "muon_experts": [("matrix_experts", 0.005)]}
 
 
