@@ -10,10 +10,10 @@ time, with the same seed, steps and batch: the same tokens per step.
 
 Learning rates, each run with the whole --steps budget; the lowest final validation loss wins:
 - adamw: train.lr at every --lr-sweep multiple of its default.
-- muon has two: optim.muon_lr (the hidden matrices) and train.lr (its AdamW part: embeddings, head,
-  norms). First optim.muon_lr at every --lr-sweep multiple of its default, with train.lr at the best
-  lr of adamw with the same packing (benchmarked first; the config's train.lr when it was not run);
-  then train.lr at every --train-lr-sweep multiple of that, at the best optim.muon_lr.
+- muon has a peak lr per parameter group (docs/optimizers.md); two are swept, the others stay at the
+  config's values: optim.matrix_lr (the hidden matrices, Muon) at every --lr-sweep multiple of its
+  default, then optim.embedding_lr (the token embedding, tied to the LM head in the presets) at every
+  --second-lr-sweep multiple of its default, at the best optim.matrix_lr.
 - Along each, a winner at the end of the values tried gets up to --extend-edges more values beyond it
   (the same ratio). Every run is reported; a best still at an end is marked (edge).
 
@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -92,12 +92,13 @@ PACKINGS = {  # name -> overrides
     "bos_aligned": ["data.packing=bos_aligned"],
 }
 PACKING_LABELS = {"concat": "concat", "docmask": "document-masked", "bos_aligned": "bos-aligned"}
-# an optimizer's own lr key, swept first; optimizers not listed have train.lr alone
-OWN_LR_KEYS = {"muon": "optim.muon_lr"}
+# an optimizer's lr keys: the first swept at every --lr-sweep multiple, the second (if any) after it at every
+# --second-lr-sweep multiple; optimizers not listed have train.lr alone
+LR_KEYS = {"muon": ("optim.matrix_lr", "optim.embedding_lr")}
 BASELINE = "adamw-concat"
-DEFAULTS = dict(steps=400, eval_interval=50, lr_sweep="0.5,1,2", train_lr_sweep="0.5,2", recipes=None,
+DEFAULTS = dict(steps=400, eval_interval=50, lr_sweep="0.5,1,2", second_lr_sweep="0.5,2", recipes=None,
                 extend_edges=1)
-SMOKE = dict(steps=20, eval_interval=10, lr_sweep="1,2", train_lr_sweep="2", recipes="adamw-concat,muon-bos_aligned",
+SMOKE = dict(steps=20, eval_interval=10, lr_sweep="1,2", second_lr_sweep="2", recipes="adamw-concat,muon-bos_aligned",
              extend_edges=0)
 SMOKE_OVERRIDES = ["model.dim=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
                    "train.batch_size=4", "train.warmup_steps=2"]
@@ -123,14 +124,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--eval-interval", type=int, default=None,
         help=f"steps between checkpoints evaluated on the common validation windows; unset: {DEFAULTS['eval_interval']}")
     add("--lr-sweep", default=None,
-        help=f"comma-separated multipliers of each recipe's default lr (adamw: train.lr, muon: optim.muon_lr), each "
+        help=f"comma-separated multipliers of each recipe's default lr (adamw: train.lr, muon: optim.matrix_lr), each "
              f"a full run; unset: {DEFAULTS['lr_sweep']}")
-    add("--train-lr-sweep", default=None,
-        help=f"muon: comma-separated multipliers of its starting train.lr, tried at its best optim.muon_lr (\"\": "
-             f"none); unset: {DEFAULTS['train_lr_sweep']}")
-    add("--inherit-train-lr", action=argparse.BooleanOptionalAction, default=True,
-        help="muon starts from the best train.lr of adamw with the same packing (off, or with --override "
-             "train.lr=...: the config's train.lr)")
+    add("--second-lr-sweep", "--train-lr-sweep", dest="second_lr_sweep", default=None,
+        help=f"muon: comma-separated multipliers of its optim.embedding_lr, tried at its best optim.matrix_lr (\"\": "
+             f"none); unset: {DEFAULTS['second_lr_sweep']}")
     add("--extend-edges", type=int, default=None,
         help=f"when a best lr is the smallest or largest tried, try up to N more values beyond it (the same ratio), "
              f"stopping once the best is inside; unset: {DEFAULTS['extend_edges']}")
@@ -169,7 +167,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--steps ({args.steps}) and --eval-interval ({args.eval_interval}) must be >= 1, "
                 f"--extend-edges ({args.extend_edges}) >= 0")
     args.lr_multipliers = multipliers(p, "--lr-sweep", args.lr_sweep, allow_empty=False)
-    args.train_lr_multipliers = multipliers(p, "--train-lr-sweep", args.train_lr_sweep, allow_empty=True)
+    args.second_lr_multipliers = multipliers(p, "--second-lr-sweep", args.second_lr_sweep, allow_empty=True)
     args.out = args.out or Path("outputs/bench_learning") / time.strftime("%Y-%m-%d_%H-%M-%S")
     return args
 
@@ -194,9 +192,10 @@ def rounded(lr: float) -> float:
 class Recipe:
     optimizer: str
     packing: str
-    lr_key: str  # swept first: train.lr, or the optimizer's own (optim.muon_lr)
+    lr_key: str  # swept first: train.lr, or the optimizer's first lr key (optim.matrix_lr)
     default_lr: float
-    default_train_lr: float
+    second_key: Optional[str] = None  # swept second, at the best first lr (muon: optim.embedding_lr)
+    default_second_lr: Optional[float] = None
 
     @property
     def name(self) -> str:
@@ -208,11 +207,11 @@ class Recipe:
 
     @property
     def two_lrs(self) -> bool:
-        """Whether train.lr is a second lr beside the optimizer's own (muon's AdamW part)."""
-        return self.lr_key != "train.lr"
+        """Whether a second lr key is swept after the first."""
+        return self.second_key is not None
 
-    def overrides(self, optim_group: bool, lr: float, train_lr: float) -> list[str]:
-        lrs = [f"{self.lr_key}={lr:g}"] + ([f"train.lr={train_lr:g}"] if self.two_lrs else [])
+    def overrides(self, optim_group: bool, lr: float, second_lr: Optional[float]) -> list[str]:
+        lrs = [f"{self.lr_key}={lr:g}"] + ([f"{self.second_key}={second_lr:g}"] if self.two_lrs else [])
         return ([f"optim={self.optimizer}"] if optim_group else []) + PACKINGS[self.packing] + lrs
 
 
@@ -252,29 +251,22 @@ def select_recipes(spec: Optional[str], overrides: list[str]) -> tuple[list[Reci
                   f"one of {', '.join(available)} (conf/optim/) and packing one of {', '.join(PACKINGS)}",
                   file=sys.stderr)
             raise SystemExit(2)
-        lr_key = OWN_LR_KEYS.get(optimizer, "train.lr")
+        keys = LR_KEYS.get(optimizer, ("train.lr",))
         group = [f"optim={optimizer}"] if optim_group else []
-        values = composed_values(group + user_overrides(overrides), [lr_key, "train.lr"])
+        values = composed_values(group + user_overrides(overrides), keys)
         if not all(isinstance(v, (int, float)) for v in values.values()):
             print(f"bench_learning: the lrs of optim={optimizer} are not numbers: {values}", file=sys.stderr)
             raise SystemExit(2)
-        recipes.append(Recipe(optimizer, packing, lr_key, float(values[lr_key]), float(values["train.lr"])))
-    # adamw first: the other optimizers start from its best train.lr
+        second = keys[1] if len(keys) > 1 else None
+        recipes.append(Recipe(optimizer, packing, keys[0], float(values[keys[0]]), second,
+                              float(values[second]) if second else None))
+    # adamw first: its baseline is measured before the others
     return sorted(recipes, key=lambda r: r.optimizer != "adamw"), optim_group, notes
 
 
 def user_overrides(overrides: list[str]) -> list[str]:
     """The overrides that shape the config (hydra.* ones do not change a key we read)."""
     return [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-
-
-def start_train_lr(recipe: Recipe, adamw_best: dict[str, float], inherit: bool) -> tuple[float, Optional[str]]:
-    """The train.lr a two-lr recipe starts from, and where it came from (None: the config's): the best lr
-    of adamw with the same packing, when inheriting and that recipe ran."""
-    peer = f"adamw-{recipe.packing}"
-    if inherit and recipe.two_lrs and peer in adamw_best:
-        return adamw_best[peer], peer
-    return recipe.default_train_lr, None
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -415,21 +407,21 @@ class Bench:
     reused: dict[tuple[str, float, float], dict[str, Any]]
     planned: int
     started: int = 0
-    adamw_best: dict[str, float] = field(default_factory=dict)  # recipe -> its best train.lr
 
-    def train_and_evaluate(self, recipe: Recipe, lr: float, train_lr: float) -> dict[str, Any]:
+    def train_and_evaluate(self, recipe: Recipe, lr: float, second_lr: Optional[float]) -> dict[str, Any]:
         """Train one recipe at one point of its sweep and evaluate its final checkpoint: its results.json entry."""
         args = self.args
-        name = f"{recipe.name}-lr{lr:g}" + (f"-trainlr{train_lr:g}" if recipe.two_lrs else "")
+        name = f"{recipe.name}-lr{lr:g}" + (f"-{recipe.second_key.split('.')[-1]}{second_lr:g}" if recipe.two_lrs else "")
         run_dir = (args.out / "runs" / name).resolve()
         shutil.rmtree(run_dir, ignore_errors=True)
         # the trainer's own final evaluation: informative where its layout differs (bos_aligned), and a
         # check of this script's evaluation where it is the same (--check-eval)
         trainer_val = recipe.packing == "bos_aligned" or args.check_eval
         overrides = [*self.common, f"data.val_path={self.val_file}" if trainer_val else "data.val_path=null",
-                     *recipe.overrides(self.optim_group, lr, train_lr), f"hydra.run.dir={run_dir}"]
+                     *recipe.overrides(self.optim_group, lr, second_lr), f"hydra.run.dir={run_dir}"]
         run = {"recipe": recipe.name, "label": recipe.label, "optimizer": recipe.optimizer, "packing": recipe.packing,
-               "lr_key": recipe.lr_key, "lr": lr, "train_lr": train_lr, "run_dir": str(run_dir), **train(overrides),
+               "lr_key": recipe.lr_key, "lr": lr, "second_key": recipe.second_key, "second_lr": second_lr,
+               "run_dir": str(run_dir), **train(overrides),
                "final": None, "curve": []}
         rows = read_rows(run_dir)
         run["seconds_by_step"] = train_seconds(rows)
@@ -460,27 +452,27 @@ class Bench:
         args = self.args
         runs: list[dict[str, Any]] = []
         best: Optional[dict[str, Any]] = None
-        start, source = start_train_lr(recipe, self.adamw_best, args.inherit_train_lr)
+        start = recipe.default_second_lr
 
         def drop_checkpoints(run: dict[str, Any]) -> None:
             if not args.keep_checkpoints and not run.get("reused"):  # an earlier benchmark's files stay
                 shutil.rmtree(Path(run["run_dir"]) / "checkpoints", ignore_errors=True)
 
-        def try_point(lr: float, train_lr: float) -> None:
+        def try_point(lr: float, second_lr: Optional[float]) -> None:
             nonlocal best
             lr = rounded(lr)
-            train_lr = rounded(train_lr) if recipe.two_lrs else lr
-            if any(r["lr"] == lr and r["train_lr"] == train_lr for r in runs):
+            second_lr = rounded(second_lr) if recipe.two_lrs else None
+            if any(r["lr"] == lr and r["second_lr"] == second_lr for r in runs):
                 return
             self.started += 1
             self.planned = max(self.planned, self.started)
-            point = f"{recipe.lr_key}={lr:g}" + (f", train.lr={train_lr:g}" if recipe.two_lrs else "")
+            point = f"{recipe.lr_key}={lr:g}" + (f", {recipe.second_key}={second_lr:g}" if recipe.two_lrs else "")
             print(f"[{self.started}/{self.planned}] {recipe.label}, {point} ...", end=" ", flush=True)
-            run = self.reused.get((recipe.name, lr, train_lr))
+            run = self.reused.get((recipe.name, lr, second_lr))
             if run is not None:
                 print("from --reuse:", end=" ")
             else:
-                run = self.train_and_evaluate(recipe, lr, train_lr)
+                run = self.train_and_evaluate(recipe, lr, second_lr)
             runs.append(run)
             if run["final"]:
                 print(f"val loss {run['final']['val_loss']:.4f}, bpb {run['final']['val_bpb']:.4f}, "
@@ -497,13 +489,13 @@ class Bench:
                 drop_checkpoints(run)
 
         def line(vary: str) -> list[float]:
-            """The values of `vary` tried along its sweep: the own lr at the starting train.lr, train.lr at
-            the best own lr (which the train.lr sweep keeps)."""
+            """The values of `vary` tried along its sweep: the first lr at the second's default, the second lr
+            at the best first lr (which the second sweep keeps)."""
             if not recipe.two_lrs:
                 return [r["lr"] for r in runs]
             if vary == "lr":
-                return [r["lr"] for r in runs if r["train_lr"] == rounded(start)]
-            return [r["train_lr"] for r in runs if r["lr"] == best["lr"]]
+                return [r["lr"] for r in runs if r["second_lr"] == rounded(start)]
+            return [r["second_lr"] for r in runs if r["lr"] == best["lr"]]
 
         def extend(vary: str) -> None:
             for _ in range(args.extend_edges):
@@ -511,29 +503,25 @@ class Bench:
                 if beyond is None:
                     return
                 self.planned += 1
-                try_point(beyond if vary == "lr" else best["lr"], best["train_lr"] if vary == "lr" else beyond)
+                try_point(beyond if vary == "lr" else best["lr"], best["second_lr"] if vary == "lr" else beyond)
 
         self.planned += len(args.lr_multipliers) - 1
         for m in args.lr_multipliers:
             try_point(recipe.default_lr * m, start)
         extend("lr")
-        if recipe.two_lrs and best is not None and args.train_lr_multipliers:
-            new = [m for m in args.train_lr_multipliers if rounded(start * m) not in line("train_lr")]
+        if recipe.two_lrs and best is not None and args.second_lr_multipliers:
+            new = [m for m in args.second_lr_multipliers if rounded(start * m) not in line("second_lr")]
             self.planned += len(new)
             for m in new:
                 try_point(best["lr"], start * m)
-            extend("train_lr")
-        for run in runs:
-            run["train_lr_from"] = source
+            extend("second_lr")
         if best is not None:
             best["best"] = True
-            swept = [("lr", recipe.lr_key)] + ([("train_lr", "train.lr")] if recipe.two_lrs else [])
+            swept = [("lr", recipe.lr_key)] + ([("second_lr", recipe.second_key)] if recipe.two_lrs else [])
             best["at_sweep_edge"] = [key for vary, key in swept if next_beyond(line(vary), best[vary]) is not None]
             if len(best["curve"]) < 2:  # (a reused run whose checkpoints are gone keeps its final point alone)
                 self.evaluate_curve(best)
             drop_checkpoints(best)
-            if recipe.optimizer == "adamw":
-                self.adamw_best[recipe.name] = best["lr"]
         return runs
 
 
@@ -547,7 +535,7 @@ def next_beyond(values: list[float], best: float) -> Optional[float]:
 
 
 def reusable_runs(directory: Optional[Path], settings: dict[str, Any]) -> dict[tuple[str, float, float], dict]:
-    """The finished runs of an earlier results.json by (recipe, lr, train.lr), refused unless its settings
+    """The finished runs of an earlier results.json by (recipe, lr, second lr), refused unless its settings
     are these."""
     if directory is None:
         return {}
@@ -566,11 +554,9 @@ def reusable_runs(directory: Optional[Path], settings: dict[str, Any]) -> dict[t
     for run in earlier["runs"]:
         if not run.get("final"):
             continue
-        if "train_lr" not in run:  # written before muon's train.lr was swept: it is in the overrides, or the default
-            given = [o.split("=", 1)[1] for o in run["overrides"] if o.startswith("train.lr=")]
-            run["train_lr"] = rounded(float(given[-1])) if given else settings["default_train_lr"]
-        run = {k: v for k, v in run.items() if k not in ("best", "at_sweep_edge", "to_baseline", "to_same_packing")}
-        runs[(run["recipe"], run["lr"], run["train_lr"])] = {**run, "reused": str(directory)}
+        if "second_lr" not in run:  # written when muon's second lr was train.lr: another key, not reusable
+            continue
+        runs[(run["recipe"], run["lr"], run["second_lr"])] = {**run, "reused": str(directory)}
     return runs
 
 
@@ -641,7 +627,10 @@ def fmt_seconds(to: Optional[dict[str, Any]]) -> str:
 def fmt_lrs(run: dict[str, Any]) -> str:
     if run["lr_key"] == "train.lr":
         return f"train.lr {run['lr']:.3g}"
-    return f"{run['lr_key'].removeprefix('optim.')} {run['lr']:.3g}, train.lr {run['train_lr']:.3g}"
+    if not run.get("second_key"):
+        return f"{run['lr_key'].removeprefix('optim.')} {run['lr']:.3g}"
+    return (f"{run['lr_key'].removeprefix('optim.')} {run['lr']:.3g}, {run['second_key'].removeprefix('optim.')} "
+            f"{run['second_lr']:.3g}")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -650,8 +639,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"({s['batch_size']} x {s['seq_len']}), model {s['params'] / 1e6:.2f}M parameters, validation on all "
              f"{s['val_windows']} concat windows of {s['val_name']} ({s['val_tokens']} tokens); "
              f"train: {s['train_name']}. Learning rates: {', '.join(f'{m:g}' for m in s['lr_multipliers'])} x each "
-             f"recipe's default; muon's train.lr "
-             f"{', '.join(f'{m:g}' for m in s['train_lr_multipliers']) or 'not swept'} x its start; up to "
+             f"recipe's default; muon's optim.embedding_lr "
+             f"{', '.join(f'{m:g}' for m in s['second_lr_multipliers']) or 'not swept'} x its default; up to "
              f"{s['extend_edges']} more beyond an edge winner.", ""]
     if baseline:
         lines += [f"Baseline: {baseline} at its best lr, final val loss {best[baseline]['final']['val_loss']:.4f}.", ""]
@@ -668,13 +657,14 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{final['train_seconds']:.1f} | {fmt(run['tokens_per_s'], 0)} | {fmt(run['epochs'], 2)} | "
                      f"{'n/a' if others is None else f'{others:.0%}'} |")
     lines += ["", "Learning-rate sweep (every run, the full budget each; * = the recipe's best):", "",
-              "| recipe | train.lr | own lr | val loss | val bpb | first-8 | rest | own-layout val loss | train s | "
+              "| recipe | lr | second lr | val loss | val bpb | first-8 | rest | own-layout val loss | train s | "
               "process s | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {name: i for i, name in enumerate(dict.fromkeys(r["recipe"] for r in runs))}
-    for run in sorted(runs, key=lambda r: (order[r["recipe"]], r["train_lr"], r["lr"])):
+    for run in sorted(runs, key=lambda r: (order[r["recipe"]], r.get("second_lr") or 0.0, r["lr"])):
         final = run["final"]
-        own = f"{run['lr_key'].removeprefix('optim.')} {run['lr']:.3g}" if run["lr_key"] != "train.lr" else "-"
-        cells = [run["label"], f"{run['train_lr']:.3g}", own]
+        second = (f"{run['second_key'].removeprefix('optim.')} {run['second_lr']:.3g}" if run.get("second_key")
+                  else "-")
+        cells = [run["label"], f"{run['lr_key'].removeprefix('optim.')} {run['lr']:.3g}", second]
         if final:
             cells += [f"{final['val_loss']:.4f}{' *' if run.get('best') else ''}", f"{final['val_bpb']:.4f}",
                       f"{final['first8_loss']:.3f}", f"{final['rest_loss']:.3f}", fmt(run["own_layout_val_loss"], 4),
@@ -747,10 +737,6 @@ def result_notes(args: argparse.Namespace, runs: list[dict[str, Any]], best: dic
     if eval_check and not warnings:
         notes.append(f"check: on {eval_check['runs']} concat-layout runs the trainer's final val loss equals this "
                      f"script's (largest difference {eval_check['max_abs_diff']:.1e})")
-    for name, run in best.items():
-        if run["lr_key"] != "train.lr":
-            notes.append(f"{name}: train.lr started from " + (f"{run['train_lr_from']}'s best" if run["train_lr_from"]
-                                                               else "the config's value"))
     loaded = [r["others_cpu_share"] for r in runs if r["others_cpu_share"] is not None]
     if loaded and max(loaded) > 0.1:
         notes.append(f"other processes took up to {max(loaded):.0%} of the CPU time during a run (mean "
@@ -775,8 +761,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_files(args.val, "--val", defaults and args.val == DEFAULT_VAL)
     torch.set_num_threads(1)  # evaluation here runs between trainings, never beside one
     recipes, optim_group, notes = select_recipes(args.recipes, args.override)
-    if any(o.lstrip("+").split("=", 1)[0] == "train.lr" for o in args.override):
-        args.inherit_train_lr = False  # the user's train.lr is the start
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_learning-"))
     try:
@@ -789,7 +773,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"train.keep_checkpoints={math.ceil(args.steps / args.eval_interval) + 1}", "hardware.threads=1",
                   *args.override]
         shape = composed_values(user_overrides(common), ["data.seq_len", "train.batch_size", "train.grad_accum",
-                                                         "train.seed", "hardware.name", "tokenizer.path", "train.lr"])
+                                                         "train.seed", "hardware.name", "tokenizer.path"])
         tokenizer = Tokenizer.load(shape["tokenizer.path"])
         seq_len = shape["data.seq_len"]
         windows = window_counts(train_file, tokenizer, cache_dir, seq_len)
@@ -798,7 +782,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = {"steps": args.steps, "eval_interval": args.eval_interval, "overrides": args.override,
                     "train_name": " + ".join(p.name for p in args.train), "val_name": " + ".join(p.name for p in args.val),
                     "seq_len": seq_len, "batch_size": shape["train.batch_size"], "grad_accum": shape["train.grad_accum"],
-                    "seed": shape["train.seed"], "val_windows": len(val), "default_train_lr": float(shape["train.lr"])}
+                    "seed": shape["train.seed"], "val_windows": len(val)}
         bench = Bench(args, common, val_file, optim_group, val, tokenizer, reusable_runs(args.reuse, settings),
                       planned=len(recipes))
         print(f"{len(recipes)} recipes, each at {len(args.lr_multipliers)}+ learning rates, runs of {args.steps} steps "
@@ -818,8 +802,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     best, baseline = summarise(runs)
     eval_check, warnings = check_evaluation(runs)
     notes += result_notes(args, runs, best, baseline, eval_check, warnings)
-    settings.update({"lr_multipliers": args.lr_multipliers, "train_lr_multipliers": args.train_lr_multipliers,
-                     "extend_edges": args.extend_edges, "inherit_train_lr": args.inherit_train_lr,
+    settings.update({"lr_multipliers": args.lr_multipliers, "second_lr_multipliers": args.second_lr_multipliers,
+                     "extend_edges": args.extend_edges,
                      "tokens_per_step": sequences * seq_len, "hardware": shape["hardware.name"],
                      "params": next((r["summary"]["params"] for r in runs if r.get("summary")), 0),
                      "smoke": args.smoke, "train_windows": windows, "val_tokens": len(val) * seq_len,
@@ -834,7 +818,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = markdown(result)
     (args.out / "results.md").write_text(table)
     png = plot(result, args.out / "curves.png") if best else None
-    best_summary = {name: {k: run.get(k) for k in ("lr_key", "lr", "train_lr", "at_sweep_edge", "final", "to_baseline",
+    best_summary = {name: {k: run.get(k) for k in ("lr_key", "lr", "second_key", "second_lr", "at_sweep_edge", "final", "to_baseline",
                                                    "to_same_packing")} for name, run in best.items()}
     (args.out / "results.json").write_text(json.dumps({**result, "best": best_summary}, indent=1) + "\n")
     print()

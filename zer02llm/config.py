@@ -189,8 +189,10 @@ class TrainConfig:
     # x tokens (6 * N_matmul + 12 * n_layers * dim * seq_len per token, scripts/bench.py). At most one; null: off
     token_budget: Optional[float] = None
     flops_budget: Optional[float] = None
+    # peak lr of optim=adamw, every trained parameter (SFT, DPO; pretraining with optim=adamw). optim=muon does
+    # not read it: each of its groups has its own (OptimConfig), and the warmup and decay below scale them all
     lr: float = 5e-4
-    # cosine decay ends at lr * min_lr_ratio
+    # cosine decay ends at the peak lr * min_lr_ratio
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -222,14 +224,23 @@ MUON_LR_ADJUSTMENTS = ("original", "match_rms_adamw")
 
 @dataclass
 class OptimConfig:
-    """The optimizer. "adamw": AdamW on every trained parameter at train.lr (train.weight_decay, beta1,
-    beta2). "muon": Muon on the hidden weight matrices (attention and feed-forward projections, each routed
-    expert's), AdamW as above on the rest (embeddings, LM head, norms, routers, LoRA adapters).
-    The muon_* keys are read with name=muon only."""
+    """The optimizer. "adamw": AdamW on every trained parameter at train.lr (train.weight_decay, beta1, beta2).
+    "muon": each parameter group at its own peak lr, all following train's warmup and cosine: Muon on the
+    hidden matrices (matrix_lr); AdamW (train.weight_decay, beta1, beta2) on the token embedding
+    (embedding_lr; tied, it is also the LM head), an untied LM head with the other AdamW matrices, MoE routers
+    and LoRA adapters (head_lr), and the norms' gains (scalar_lr). conf/mode/*.yaml choose one per mode
+    (pretrain: muon; sft, dpo: adamw). The keys below are read with name=muon only; docs/optimizers.md."""
 
     name: str = "adamw"
-    # peak lr of the Muon groups; the schedule (train.warmup_steps, min_lr_ratio) scales it as it does train.lr
-    muon_lr: float = 0.02
+    # peak lr of the hidden matrices (Muon), before Muon's own shape scaling (muon_adjust_lr)
+    matrix_lr: float = 0.005
+    # peak lrs of the AdamW groups at model.dim = lr_reference_dim; at another width each is scaled by
+    # sqrt(lr_reference_dim / model.dim) (nanochat's rule), so one set of values serves every preset
+    embedding_lr: float = 0.016
+    head_lr: float = 0.016
+    scalar_lr: float = 0.008
+    # null: no width scaling (the AdamW groups' lrs as given)
+    lr_reference_dim: Optional[int] = 512
     muon_momentum: float = 0.95
     muon_nesterov: bool = True
     # decoupled: each step multiplies the matrices by 1 - lr * muon_weight_decay (0: none, as Keller Jordan's Muon)
@@ -238,6 +249,14 @@ class OptimConfig:
     # "original": lr * sqrt(max(1, out/in)) (Keller Jordan's, for lr ~0.02); "match_rms_adamw":
     # lr * 0.2 * sqrt(max(out, in)), the update's RMS of AdamW's (Moonshot's, for an AdamW-sized lr)
     muon_adjust_lr: str = "original"
+    # renamed optim.matrix_lr: declared only so that an old command line gets the new name, not a traceback
+    muon_lr: Optional[float] = None
+
+    def group_lrs(self, dim: int) -> dict[str, float]:
+        """Each group's peak lr for a model of width `dim` (the AdamW groups scaled by width)."""
+        scale = math.sqrt(self.lr_reference_dim / dim) if self.lr_reference_dim else 1.0
+        return {"matrix": self.matrix_lr, "embedding": self.embedding_lr * scale, "head": self.head_lr * scale,
+                "scalar": self.scalar_lr * scale}
 
 
 @dataclass
@@ -618,14 +637,21 @@ def reward_problems(reward: RewardConfig) -> list[str]:
     return problems
 
 
-def optim_problems(optim: OptimConfig, dist: DistributedConfig) -> list[str]:
-    """What is wrong with the optimizer's settings, alone or with the distributed strategy."""
+def optim_problems(optim: OptimConfig) -> list[str]:
+    """What is wrong with the optimizer's settings."""
     if optim.name not in OPTIMIZERS:
         return [f"optim={optim.name!r} (optim.name): must be one of {', '.join(OPTIMIZERS)}"]
     if optim.name != "muon":
         return []
     problems: list[str] = []
-    _require_positive(problems, {"optim.muon_lr": optim.muon_lr})
+    if optim.muon_lr is not None:
+        problems.append(f"optim.muon_lr={optim.muon_lr}: renamed optim.matrix_lr (the hidden matrices' lr); the "
+                        f"other groups have optim.embedding_lr, optim.head_lr and optim.scalar_lr (docs/optimizers.md)")
+    _require_positive(problems, {f"optim.{group}_lr": getattr(optim, f"{group}_lr")
+                                 for group in ("matrix", "embedding", "head", "scalar")})
+    if optim.lr_reference_dim is not None and optim.lr_reference_dim <= 0:
+        problems.append(f"optim.lr_reference_dim={optim.lr_reference_dim}: must be > 0 (the model.dim the AdamW "
+                        f"groups' lrs are given for), or null for no width scaling")
     if not 0.0 <= optim.muon_momentum < 1.0:
         problems.append(f"optim.muon_momentum={optim.muon_momentum}: must be in [0, 1)")
     if optim.muon_weight_decay < 0:
@@ -635,11 +661,17 @@ def optim_problems(optim: OptimConfig, dist: DistributedConfig) -> list[str]:
     if optim.muon_adjust_lr not in MUON_LR_ADJUSTMENTS:
         problems.append(f"optim.muon_adjust_lr={optim.muon_adjust_lr!r}: must be one of "
                         f"{', '.join(MUON_LR_ADJUSTMENTS)}")
-    if dist.strategy == "fsdp":
-        problems.append("optim=muon with distributed.strategy=fsdp: Muon orthogonalises each whole weight matrix "
-                        "(Newton-Schulz), and FSDP2 leaves every rank a shard of it; use distributed.strategy=ddp "
-                        "with optim=muon, or optim=adamw with fsdp")
     return problems
+
+
+def override_problems(optim: OptimConfig, override_keys: Iterable[str]) -> list[str]:
+    """Command-line keys that the chosen optimizer would not read. train.lr is AdamW's lr: under optim=muon
+    (the pretraining default) every group has its own, so a train.lr given there would change nothing."""
+    if optim.name == "muon" and "train.lr" in override_keys:
+        return ["train.lr is the lr of optim=adamw; with optim=muon (mode=pretrain's default) each parameter "
+                "group has its own peak lr: optim.matrix_lr (hidden matrices, Muon), optim.embedding_lr, "
+                "optim.head_lr, optim.scalar_lr (AdamW). Set those, or add optim=adamw to train with train.lr"]
+    return []
 
 
 def _divisors_near(n: int, target: int) -> str:
@@ -773,7 +805,7 @@ def config_problems(cfg: Config) -> list[str]:
             problems.append("lora.targets=[]: name at least one layer, e.g. [q_proj,v_proj]")
     if cfg.distributed.strategy not in ("ddp", "fsdp"):
         problems.append(f"distributed.strategy={cfg.distributed.strategy!r}: must be ddp or fsdp")
-    problems += optim_problems(cfg.optim, cfg.distributed)
+    problems += optim_problems(cfg.optim)
     if cfg.logger not in LOGGERS:
         problems.append(f"logger={cfg.logger!r}: must be one of {', '.join(LOGGERS)}")
     return problems

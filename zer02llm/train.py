@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zer02llm.cli import check_printed_config, quote_text_overrides, unknown_override_keys
-from zer02llm.config import Config, ConfigError, MoEConfig, register_configs, undeclared_keys
+from zer02llm.config import Config, ConfigError, MoEConfig, override_problems, register_configs, undeclared_keys
 from zer02llm.optuna_search import register_optuna_search
 from zer02llm.training import rundir
 from zer02llm.training.preflight import validate_run
@@ -67,7 +67,7 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         # summary lists a refused job's overrides and error); in one holding a run, as a single run does
         accept_run()
     try:
-        cfg = checked_config(dict_cfg)
+        cfg = checked_config(dict_cfg, HydraConfig.get().overrides.task)
         if optuna and cfg.data.val_path is None:
             raise ConfigError("data.val_path=null: the Optuna search minimises the final validation loss, so it "
                               "needs a validation set (data.val_path=<file>, or auto with the sample corpus)")
@@ -144,11 +144,13 @@ def final_val_loss(run_dir: Path) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def checked_config(dict_cfg: DictConfig) -> Config:
-    """The composed config as dataclasses, or a ConfigError listing every problem (unknown keys included)."""
+def checked_config(dict_cfg: DictConfig, overrides: Sequence[str] = ()) -> Config:
+    """The composed config as dataclasses, or a ConfigError listing every problem (unknown keys included,
+    and command-line `overrides` that the chosen optimizer would not read)."""
     unknown = undeclared_keys(dict_cfg)
     cfg: Config = OmegaConf.to_object(dict_cfg)
-    validate_run(cfg, problems=unknown)
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    validate_run(cfg, problems=unknown + override_problems(cfg.optim, keys))
     return cfg
 
 

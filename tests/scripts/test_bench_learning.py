@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from zer02llm.config import ModelConfig
 from zer02llm.data.pretrain import PackedDataset, tokenize_to_cache
@@ -45,14 +46,19 @@ def test_smoke_run_writes_json_markdown_and_png(tmp_path: Path) -> None:
     settings = result["settings"]
     assert settings["smoke"] and settings["steps"] == 20 and settings["lr_multipliers"] == [1.0, 2.0]
     runs = result["runs"]
-    # adamw: train.lr x 1, 2; muon: optim.muon_lr x 1, 2 at the config's train.lr (no adamw-bos_aligned to
-    # start from), then train.lr x 2 at the better optim.muon_lr
-    assert [(r["recipe"], r["lr_key"]) for r in runs] == [("adamw-concat", "train.lr")] * 2 + [
-        ("muon-bos_aligned", "optim.muon_lr")] * 3
-    assert [(r["lr"], r["train_lr"]) for r in runs[:4]] == [(1e-3, 1e-3), (2e-3, 2e-3), (0.02, 1e-3), (0.04, 1e-3)]
+    # adamw: train.lr x 1, 2; muon: optim.matrix_lr x 1, 2 at the shipped optim.embedding_lr, then
+    # optim.embedding_lr x 2 at the better optim.matrix_lr
+    shipped = OmegaConf.load(REPO_DIR / "conf" / "optim" / "muon.yaml")
+    matrix, embedding = shipped.matrix_lr, shipped.embedding_lr
+    assert [(r["recipe"], r["lr_key"], r["second_key"]) for r in runs] == [("adamw-concat", "train.lr", None)] * 2 + [
+        ("muon-bos_aligned", "optim.matrix_lr", "optim.embedding_lr")] * 3
+    assert [(r["lr"], r["second_lr"]) for r in runs[:4]] == [(1e-3, None), (2e-3, None), (matrix, embedding),
+                                                             (2 * matrix, embedding)]
     better = min(runs[2:4], key=lambda r: r["final"]["val_loss"])["lr"]
-    assert (runs[4]["lr"], runs[4]["train_lr"]) == (better, 2e-3)
-    assert f"optim.muon_lr={better:g}" in runs[4]["overrides"] and "train.lr=0.002" in runs[4]["overrides"]
+    assert (runs[4]["lr"], runs[4]["second_lr"]) == (better, 2 * embedding)
+    assert f"optim.matrix_lr={better:g}" in runs[4]["overrides"]
+    assert f"optim.embedding_lr={2 * embedding:g}" in runs[4]["overrides"]
+    assert not any(o.startswith("train.lr=") for r in runs[2:] for o in r["overrides"])  # muon does not read it
     for run in runs:
         final = run["final"]
         assert run["returncode"] == 0 and final["step"] == 20
@@ -66,7 +72,7 @@ def test_smoke_run_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert set(best) == {"adamw-concat", "muon-bos_aligned"}
     for name, entry in best.items():
         chosen = min((r for r in runs if r["recipe"] == name), key=lambda r: r["final"]["val_loss"])
-        assert (entry["lr"], entry["train_lr"]) == (chosen["lr"], chosen["train_lr"]) and chosen["best"]
+        assert (entry["lr"], entry["second_lr"]) == (chosen["lr"], chosen["second_lr"]) and chosen["best"]
         assert [p["step"] for p in chosen["curve"]] == [10, 20]  # the best lr's whole curve
         assert entry["to_baseline"]["target_val_loss"] == best["adamw-concat"]["final"]["val_loss"]
     assert best["adamw-concat"]["to_baseline"]["steps"] <= 20
@@ -108,17 +114,18 @@ def test_next_beyond_steps_past_an_end_by_the_same_ratio() -> None:
     assert next_beyond([0.005, 0.01, 0.02, 0.0025], 0.0025) == 0.00125
 
 
-def test_muon_starts_from_the_best_adamw_train_lr_of_its_packing() -> None:
+def test_muon_recipes_sweep_its_group_lrs_and_adamw_train_lr() -> None:
     script = load_script()
-    muon = script.Recipe("muon", "docmask", "optim.muon_lr", 0.02, 1e-3)
-    adamw = script.Recipe("adamw", "docmask", "train.lr", 1e-3, 1e-3)
+    (adamw, muon), optim_group, _ = script.select_recipes("muon-docmask,adamw-docmask", [])
+    shipped = OmegaConf.load(REPO_DIR / "conf" / "optim" / "muon.yaml")
+    assert optim_group and (adamw.optimizer, muon.optimizer) == ("adamw", "muon")  # adamw first: the baseline
+    assert (muon.lr_key, muon.default_lr, muon.second_key, muon.default_second_lr) == (
+        "optim.matrix_lr", shipped.matrix_lr, "optim.embedding_lr", shipped.embedding_lr)
+    assert (adamw.lr_key, adamw.default_lr, adamw.second_key) == ("train.lr", 1e-3, None)  # the cpu preset's
     assert muon.two_lrs and not adamw.two_lrs
-    assert script.start_train_lr(muon, {"adamw-docmask": 4e-3}, inherit=True) == (4e-3, "adamw-docmask")
-    assert script.start_train_lr(muon, {"adamw-concat": 2e-3}, inherit=True) == (1e-3, None)  # another packing
-    assert script.start_train_lr(muon, {"adamw-docmask": 4e-3}, inherit=False) == (1e-3, None)
-    assert muon.overrides(True, 0.005, 4e-3) == ["optim=muon", "data.packing=concat", "data.document_mask=true",
-                                                 "optim.muon_lr=0.005", "train.lr=0.004"]
-    assert adamw.overrides(False, 2e-3, 2e-3) == ["data.packing=concat", "data.document_mask=true", "train.lr=0.002"]
+    assert muon.overrides(True, 0.005, 0.03) == ["optim=muon", "data.packing=concat", "data.document_mask=true",
+                                                 "optim.matrix_lr=0.005", "optim.embedding_lr=0.03"]
+    assert adamw.overrides(False, 2e-3, None) == ["data.packing=concat", "data.document_mask=true", "train.lr=0.002"]
 
 
 def test_crossing_interpolates_between_evaluations() -> None:

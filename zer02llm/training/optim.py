@@ -9,6 +9,9 @@ import math
 from typing import Any, Iterable, Iterator, Optional
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.optim._muon import _zeropower_via_newtonschulz as zeropower_via_newtonschulz
 
 from zer02llm.config import Config
 
@@ -80,33 +83,38 @@ def continued_anchor(step: int, total_steps: int, saved_total: int, saved_anchor
 # 2-D yet kept on AdamW under optim=muon: a router's rows are per-expert logits (a classifier, like the
 # LM head, not a hidden map), and LoRA's factors train as the LoRA recipes do, with AdamW (docs/optimizers.md)
 ADAMW_MATRICES = ("router", "lora_a", "lora_b")
+# optim=muon's parameter groups, each at its own peak lr (OptimConfig.group_lrs), in the order they step
+GROUPS = ("embedding", "head", "scalar", "matrix", "matrix_experts")
 
 
 def split_parameters(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
-    """The trained parameters by optimizer under optim=muon, each with its name.
+    """The trained parameters by group under optim=muon, each with its name.
 
-    "muon": the 2-D hidden matrices (attention and feed-forward projections, shared experts);
-    "muon_experts": the routed experts' stacked (E, in, out) matrices; "adamw": the rest (embeddings,
-    the LM head, tied or not, norms' gains, routers, LoRA adapters). named_parameters() lists a tied
-    embedding once, under tok_embeddings.weight.
+    "matrix": the 2-D hidden matrices (attention and feed-forward projections, shared experts), Muon;
+    "matrix_experts": the routed experts' stacked (E, in, out) matrices, ExpertMuon. AdamW for the rest:
+    "embedding": the token embedding (named_parameters() lists a tied one once: it is also the LM head);
+    "head": an untied LM head and the other AdamW matrices (routers, LoRA adapters); "scalar": the norms'
+    gains (every tensor of fewer than 2 dimensions).
     """
-    parts: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"muon": [], "muon_experts": [], "adamw": []}
+    parts: dict[str, list[tuple[str, torch.nn.Parameter]]] = {group: [] for group in GROUPS}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         path = name.removeprefix("_orig_mod.").split(".")  # a torch.compile'd model's names too
         hidden = path[0] == "layers" and not any(part in ADAMW_MATRICES for part in path)
-        part = {2: "muon", 3: "muon_experts"}.get(param.dim(), "adamw") if hidden else "adamw"
-        parts[part].append((name, param))
+        if param.dim() < 2:
+            group = "scalar"
+        elif hidden:
+            group = "matrix" if param.dim() == 2 else "matrix_experts"
+        elif path[0] == "tok_embeddings":
+            group = "embedding"
+        else:
+            group = "head"
+        parts[group].append((name, param))
     return parts
 
 
-def _adamw(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW at train.lr; weight decay on matrices (linear weights, embeddings), none on norms' gains."""
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def _fused_adamw(groups: list[dict[str, Any]], cfg: Config, device: torch.device) -> torch.optim.AdamW:
     kwargs: dict[str, Any] = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
     # the fused kernel does the whole update in one launch on GPUs (and exists for CPU in recent torch)
     try:
@@ -115,11 +123,20 @@ def _adamw(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) 
         return torch.optim.AdamW(groups, **kwargs)
 
 
+def _adamw(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW at train.lr; weight decay on matrices (linear weights, embeddings), none on norms' gains."""
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return _fused_adamw(groups, cfg, device)
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config,
                     device: torch.device) -> torch.optim.Optimizer | CombinedOptimizer:
-    """optim=adamw: AdamW on every trained parameter. optim=muon: Muon on the hidden matrices (batched over
-    the experts of a stacked MoE tensor), AdamW on the rest. Every param group records its base lr
-    ("base_lr"), which the schedule scales (set_lr)."""
+    """optim=adamw: AdamW on every trained parameter at train.lr. optim=muon: Muon on the hidden matrices
+    (batched over the experts of a stacked MoE tensor), AdamW on the rest, each group at its own lr. Every
+    param group records its peak lr ("base_lr"), which the schedule scales (set_lr)."""
     if cfg.optim.name == "adamw":
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer | CombinedOptimizer = _adamw(params, cfg, device)
@@ -130,34 +147,46 @@ def build_optimizer(model: torch.nn.Module, cfg: Config,
     return optimizer
 
 
+def peak_lr(cfg: Config) -> float:
+    """The lr the schedule is laid for and the logs show: train.lr under optim=adamw, the hidden matrices'
+    (optim.matrix_lr) under optim=muon. set_lr scales every group by its own peak against it."""
+    return cfg.optim.matrix_lr if cfg.optim.name == "muon" else cfg.train.lr
+
+
 def _muon_and_adamw(model: torch.nn.Module, cfg: Config, device: torch.device) -> CombinedOptimizer:
     optim = cfg.optim
     parts = split_parameters(model)
-    muon_args = dict(lr=optim.muon_lr, weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum,
+    lrs = optim.group_lrs(cfg.model.dim)
+    muon_args = dict(lr=lrs["matrix"], weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum,
                      nesterov=optim.muon_nesterov, ns_steps=optim.muon_ns_steps, adjust_lr_fn=optim.muon_adjust_lr)
+    decay = {"embedding": cfg.train.weight_decay, "head": cfg.train.weight_decay, "scalar": 0.0}
+    # empty groups are left out (a tied head, a model without routers): the state's layout follows the model
+    adamw_groups = [{"params": [p for _, p in parts[group]], "lr": lrs[group], "weight_decay": decay[group],
+                     "name": group} for group in ("embedding", "head", "scalar") if parts[group]]
     optimizers: dict[str, torch.optim.Optimizer] = {}
-    if parts["adamw"]:
-        optimizers["adamw"] = _adamw([p for _, p in parts["adamw"]], cfg, device)
-    if parts["muon"]:
-        optimizers["muon"] = torch.optim.Muon([p for _, p in parts["muon"]], **muon_args)
-    if parts["muon_experts"]:
-        optimizers["muon_experts"] = ExpertMuon([p for _, p in parts["muon_experts"]], **muon_args)
-    n_muon = sum(p.numel() for part in ("muon", "muon_experts") for _, p in parts[part])
+    if adamw_groups:
+        optimizers["adamw"] = _fused_adamw(adamw_groups, cfg, device)
+    if parts["matrix"]:
+        optimizers["muon"] = Muon([{"params": [p for _, p in parts["matrix"]], "name": "matrix"}], **muon_args)
+    if parts["matrix_experts"]:
+        optimizers["muon_experts"] = ExpertMuon([{"params": [p for _, p in parts["matrix_experts"]],
+                                                  "name": "matrix_experts"}], **muon_args)
+    n_muon = sum(p.numel() for part in ("matrix", "matrix_experts") for _, p in parts[part])
     if not n_muon:
-        log.warning("optim=muon: no parameter for Muon to train (%s), everything trains with AdamW at train.lr",
-                    "LoRA freezes the base matrices; the adapters train with AdamW" if cfg.lora.rank > 0
-                    else "the model has no trainable hidden matrix")
+        log.warning("optim=muon: no parameter for Muon to train (%s), everything trains with AdamW at the "
+                    "optim.*_lr of its group", "LoRA freezes the base matrices; the adapters train at optim.head_lr"
+                    if cfg.lora.rank > 0 else "the model has no trainable hidden matrix")
     else:
-        experts = f" and {len(parts['muon_experts'])} expert stacks" if parts["muon_experts"] else ""
-        log.info("optim=muon: Muon (lr %.2e, %s) on %d hidden matrices%s (%.2fM parameters), AdamW (lr %.2e) on "
-                 "the other %d tensors (%.2fM)", optim.muon_lr, optim.muon_adjust_lr, len(parts["muon"]), experts,
-                 n_muon / 1e6, cfg.train.lr, len(parts["adamw"]), sum(p.numel() for _, p in parts["adamw"]) / 1e6)
+        sizes = ", ".join(f"{group} lr {lrs[group.removesuffix('_experts')]:.3g} ({len(parts[group])} tensors, "
+                          f"{sum(p.numel() for _, p in parts[group]) / 1e6:.2f}M)" for group in GROUPS if parts[group])
+        log.info("optim=muon: Muon (%s) on the hidden matrices, AdamW on the rest; peak lrs by group at model.dim=%d: "
+                 "%s", optim.muon_adjust_lr, cfg.model.dim, sizes)
     return CombinedOptimizer(optimizers)
 
 
 def set_lr(optimizer: torch.optim.Optimizer | CombinedOptimizer, lr: float, base_lr: float) -> None:
     """Give every param group the schedule's lr scaled to the group's own base lr; `lr` is the schedule
-    at `base_lr` (train.lr). Groups at train.lr get `lr` itself, bit for bit (a ratio of 1.0)."""
+    at `base_lr` (peak_lr). Groups at that peak get `lr` itself, bit for bit (a ratio of 1.0)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * (group["base_lr"] / base_lr)
 
@@ -207,7 +236,70 @@ class CombinedOptimizer:
             raise ValueError(f"the optimizer state holds {sorted(state)}, this optimizer is {sorted(self.optimizers)}: "
                              f"it was saved with another optim or another set of trained parameters")
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state[name])
+            try:
+                optimizer.load_state_dict(state[name])
+            except ValueError as e:  # torch's words for groups that do not line up
+                raise ValueError(f"the optimizer state's {name} groups do not fit this run's ({e}): it was saved "
+                                 f"with another model or before optim=muon had per-group lrs; start a new run from "
+                                 f"its weights with mode.init_from=<the checkpoint>") from None
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this rank (the same storage: in-place ops change the DTensor), else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, also over FSDP2's sharded matrices (distributed.strategy=fsdp).
+
+    Plain tensors take torch's own step. For DTensors, the momentum and Nesterov blend are elementwise on
+    each rank's shard; Newton-Schulz needs the whole matrix: every rank gathers it (full_tensor), one rank
+    in turn (matrix i on rank i % world size) orthogonalises it and broadcasts the result, and each rank
+    keeps its shard of it. The arithmetic is torch's, so the step equals one process's.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        if closure is not None:
+            raise ValueError("Muon.step takes no closure: run forward and backward before it")
+        if not any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"]):
+            super().step()
+            return
+        index = 0  # over the whole optimizer, so that the ranks' shares of Newton-Schulz stay even
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = _orthogonalised_shard(update, index, group["ns_coefficients"], group["ns_steps"],
+                                               group["eps"])
+                index += 1
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], rows=p.size(0), cols=p.size(1)))
+
+
+def _orthogonalised_shard(update: DTensor, index: int, coefficients: tuple[float, float, float], steps: int,
+                          eps: float) -> DTensor:
+    """torch.optim.Muon's Newton-Schulz of a sharded matrix, as a DTensor sharded like `update`: computed on
+    rank index % world size from the gathered matrix, then broadcast (in float32, which holds bfloat16 exactly)."""
+    mesh = update.device_mesh
+    full = update.full_tensor()
+    group = mesh.get_group()
+    owner = index % mesh.size()
+    if mesh.get_local_rank() == owner:
+        # contiguous: a tall matrix comes back transposed, and a broadcast sends the storage as it lies
+        ortho = zeropower_via_newtonschulz(full, coefficients, steps, eps).float().contiguous()
+    else:
+        ortho = torch.empty(full.shape, dtype=torch.float32, device=full.device)
+    dist.broadcast(ortho, group=group, group_src=owner)
+    # every rank now holds the whole result: each keeps its own shard, without further communication
+    return distribute_tensor(ortho, mesh, update.placements, src_data_rank=None)
 
 
 def _adjusted_lr(lr: float, adjust_lr_fn: Optional[str], rows: int, cols: int) -> float:
@@ -261,6 +353,8 @@ class ExpertMuon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
+        if closure is not None:
+            raise ValueError("ExpertMuon.step takes no closure: run forward and backward before it")
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             for p in group["params"]:
@@ -269,10 +363,13 @@ class ExpertMuon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                # orthogonalised as the (out, in) matrices nn.Linear would hold, exactly as torch.optim.Muon does
-                update = newton_schulz(update.mT, group["ns_coefficients"], group["ns_steps"], group["eps"]).mT
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], rows=p.size(2), cols=p.size(1)))
+                # under FSDP2 the stack is sharded along the experts: every shard holds whole matrices, so each
+                # rank orthogonalises its own experts and no gather is needed
+                weight, grad, buf = _local(p), _local(p.grad), _local(state["momentum_buffer"])
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                if update.numel():  # a rank with no expert of this stack (more ranks than experts)
+                    # orthogonalised as the (out, in) matrices nn.Linear would hold, exactly as torch.optim.Muon does
+                    update = newton_schulz(update.mT, group["ns_coefficients"], group["ns_steps"], group["eps"]).mT
+                weight.mul_(1 - lr * group["weight_decay"])
+                weight.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], rows=p.size(2), cols=p.size(1)))

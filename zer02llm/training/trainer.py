@@ -32,7 +32,8 @@ from zer02llm.evals.tasks import load_all as load_tasks
 from zer02llm.model import Transformer
 from zer02llm.model.lora import apply_lora, save_adapter
 from zer02llm.training.objectives import Batch, Computed, build_objective
-from zer02llm.training.optim import Anchor, build_optimizer, config_base_lrs, continued_anchor, lr_at, set_lr
+from zer02llm.training.optim import (Anchor, CombinedOptimizer, build_optimizer, config_base_lrs, continued_anchor,
+                                     lr_at, peak_lr, set_lr)
 from zer02llm.training.signals import StopSignals
 from zer02llm.tokenizer import Tokenizer
 from zer02llm.training.tracking import (MetricsFile, StepLogger, WandbLogger, moe_metrics, plot_losses, write_run_config,
@@ -143,10 +144,10 @@ class Trainer:
             source = f"train.epochs={cfg.train.epochs} x {steps_per_epoch} steps per epoch"
         if cfg.train.warmup_steps >= total_steps:
             log.warning("train.warmup_steps=%d >= the run's %d steps (%s): the learning rate only warms up and "
-                        "the run ends at %.2e, never decaying (peak train.lr=%.2e): lower train.warmup_steps "
+                        "the run ends at %.2e, never decaying (peak lr %.2e): lower train.warmup_steps "
                         "below %d or train longer", cfg.train.warmup_steps, total_steps, source,
-                        lr_at(total_steps - 1, cfg.train.lr, cfg.train.warmup_steps, total_steps,
-                              cfg.train.min_lr_ratio), cfg.train.lr, total_steps)
+                        lr_at(total_steps - 1, peak_lr(cfg), cfg.train.warmup_steps, total_steps,
+                              cfg.train.min_lr_ratio), peak_lr(cfg), total_steps)
         return total_steps
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -168,8 +169,10 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over grad_accum micro-batches; returns device tensors (no host sync)."""
         train = self.cfg.train
-        lr = lr_at(self.step, train.lr, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
-        set_lr(self.optimizer, lr, train.lr)  # each param group at its own base lr (optim=muon: Muon's)
+        # the schedule at the run's peak lr (train.lr, or optim=muon's matrix_lr): what the logs show
+        peak = peak_lr(self.cfg)
+        lr = lr_at(self.step, peak, train.warmup_steps, self.total_steps, train.min_lr_ratio, self.lr_anchor)
+        set_lr(self.optimizer, lr, peak)  # each param group at its own peak lr
         batches = self.objective.step_batches(self.draw, self.step)
         # every unit of the step (a target token, a pair), on every rank, weighs the same, however the
         # micro-batches' counts differ (SFT); DDP averages gradients over ranks, hence the world_size factor
@@ -256,7 +259,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         if self.sharded:  # gathered whole and keyed by parameter name: loadable at any world size
-            optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
+            optimizer = get_optimizer_state_dict(self.model, self.torch_optimizers(), options=FULL_STATE)
         else:
             optimizer = self.optimizer.state_dict()
         return {"step": self.step, "optimizer": optimizer, "optimizer_by_name": self.sharded,
@@ -276,7 +279,7 @@ class Trainer:
                               f"mode.init_from=<the checkpoint>")
         with config_base_lrs(self.optimizer):
             if state.get("optimizer_by_name"):  # written by a sharded run
-                set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=FULL_STATE)
+                set_optimizer_state_dict(self.model, self.torch_optimizers(), state["optimizer"], options=FULL_STATE)
             elif self.sharded:
                 raise ConfigError("this checkpoint was written without distributed.strategy=fsdp: resume it "
                                   "with distributed.strategy=ddp (any world size with the same global batch)")
@@ -295,7 +298,14 @@ class Trainer:
         self.wall_seconds_before = state.get("wall_seconds", 0.0)
         train = self.cfg.train
         self.lr_anchor = continued_anchor(self.step, self.total_steps, state.get("total_steps", self.total_steps),
-                                          state.get("lr_anchor"), train.lr, train.warmup_steps, train.min_lr_ratio)
+                                          state.get("lr_anchor"), peak_lr(self.cfg), train.warmup_steps,
+                                          train.min_lr_ratio)
+
+    def torch_optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
+        """What torch.distributed.checkpoint's state-dict functions take: the optimizer, or optim=muon's parts."""
+        if isinstance(self.optimizer, CombinedOptimizer):
+            return list(self.optimizer.optimizers.values())
+        return self.optimizer
 
     def batch_layout(self) -> dict[str, int]:
         """What one optimizer step takes: batch_size x world_size x grad_accum sequences."""
