@@ -667,7 +667,7 @@ def register_configs() -> None:
                                  "output=exported/ [overwrite=true]"),
         ("serve", ServeConfig, "python -m zer02llm.serve checkpoint=<dir> [host=127.0.0.1 port=8000]: serve the "
                                "OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions).\nExample: "
-                               "checkpoint=outputs/<date>/<time> port=8000 slots=2"),
+                               "checkpoint=outputs/<date>/<time> port=8000 engine.max_batch=32"),
     ):
         cs.store(name=f"base_{name}", node=schema)
         cs.store(name=name, node={
