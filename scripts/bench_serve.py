@@ -62,6 +62,8 @@ def start_server(args: argparse.Namespace, source: Optional[Path] = None, extra:
         command = [sys.executable, "-m", "zer02llm.serve", f"checkpoint={Path(args.checkpoint).resolve()}",
                    f"port={port}", f"threads={args.threads}", "log_level=warning", *(extra or [])]
         env["PYTHONPATH"] = str(source or REPO)
+    else:  # a peer: torch's threads as ours (--threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             cwd=source or REPO, env=env)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
