@@ -81,14 +81,16 @@ class LLMEngine:
 
     def add_request(self, prompt_ids: Seq[int], params: Optional[SamplingParams] = None,
                     request_id: Optional[str] = None, on_delta: Optional[Callable[[Delta], None]] = None,
-                    score_from: Optional[int] = None, force: bool = False) -> Sequence:
+                    score_from: Optional[int] = None, force: bool = False,
+                    generator: Optional[torch.Generator] = None) -> Sequence:
         """Queue a request; returns its Sequence (seq.cancel() ends it). QueueFull when max_queue requests wait
-        already (unless force: the offline path feeds its own queue)."""
+        already (unless force: the offline path feeds its own queue). generator: sample from this one instead of
+        one of the request's own (seeded from params.seed)."""
         params = params or SamplingParams()
         self.check_request(prompt_ids, params)
         if score_from is not None and not 1 <= score_from <= len(prompt_ids):
             raise ValueError(f"score_from={score_from}: must be in 1..{len(prompt_ids)} (the first scored token)")
-        seq = Sequence(prompt_ids, params, request_id, on_delta, self.device, score_from)
+        seq = Sequence(prompt_ids, params, request_id, on_delta, self.device, score_from, generator)
         with self._lock:
             if not force and len(self._inbox) + self._num_waiting >= self.config.max_queue:
                 raise QueueFull(f"{self.config.max_queue} requests are waiting already (engine.max_queue)")

@@ -114,7 +114,7 @@ class Sequence:
 
     def __init__(self, prompt_ids: Seq[int], params: SamplingParams, request_id: Optional[str] = None,
                  on_delta: Optional[Callable[[Delta], None]] = None, device: torch.device | str = "cpu",
-                 score_from: Optional[int] = None):
+                 score_from: Optional[int] = None, generator: Optional[torch.Generator] = None):
         if not prompt_ids:
             raise ValueError("the prompt is empty: give at least one token (e.g. the bos token)")
         self.seq_id = next(_ids)
@@ -130,8 +130,8 @@ class Sequence:
         self.finish_reason: Optional[str] = None
         self.error: Optional[BaseException] = None
         self._cancel = threading.Event()
-        self.generator: Optional[torch.Generator] = None
-        if not params.greedy:
+        self.generator: Optional[torch.Generator] = generator  # given: shared with the caller (eval's session)
+        if not params.greedy and generator is None:
             self.generator = torch.Generator(device)
             if params.seed is not None:
                 self.generator.manual_seed(params.seed % 2 ** 64)
