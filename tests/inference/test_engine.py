@@ -5,6 +5,8 @@ prefix-cache hits, preemption or cancellations; seeded sampling is per request; 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -352,6 +354,14 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(dense, monkeyp
     engine.run_until_done()
     assert seq.output_ids == solo(dense, [1, 2, 3], 5)
     assert engine.blocks.check_all_free() == []
+
+
+def test_llm_is_imported_lazily():
+    """`import zer02llm` and `import zer02llm.config` load neither torch nor the engine; `from zer02llm import LLM` does."""
+    code = ("import sys, zer02llm, zer02llm.config; light = 'torch' not in sys.modules; "
+            "from zer02llm import LLM, SamplingParams; print(light, LLM.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "zer02llm.inference.engine.llm"]
 
 
 @pytest.mark.gpu
