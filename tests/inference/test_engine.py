@@ -385,3 +385,34 @@ def test_cuda_graph_decoding_equals_eager():
             n = next((i for i, (s, t) in enumerate(zip(x.outputs[0].token_ids, y.outputs[0].token_ids)) if s != t),
                      len(lx))
             assert n >= 10 and max(abs(p - q) for p, q in zip(lx[:n], ly[:n])) < 1e-3
+
+
+@pytest.mark.gpu
+def test_decode_throughput_on_the_16gb_shape():
+    """Decode tokens/s at batch 1, 16 and 64 for the 16gb preset's model shape (dim 512, 8 layers; bf16), eager
+    and with CUDA graphs: printed into gpu_check's pytest.log. Asserts only that graphs were used and are not slower."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=2048)).cuda().to(torch.bfloat16).eval()
+    prompts = prompts_of([32] * 64, seed=20)
+    rows, new = [], 128
+    for batch in (1, 16, 64):
+        speeds = {}
+        for graphs in (False, True):
+            llm = LLM.from_model(model, max_batch=batch, cuda_graphs=graphs, kv_budget_tokens=batch * 256,
+                                 cuda_graph_max_len=256)
+            llm.generate(prompts[:batch], max_tokens=8, temperature=0, ignore_eos=True)  # warm-up, graphs captured
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            outs = llm.generate(prompts[:batch], max_tokens=new, temperature=0, ignore_eos=True)
+            torch.cuda.synchronize()
+            speeds[graphs] = sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - started)
+            if graphs:
+                assert llm.engine.runner.graphs.replays > 0 and not llm.engine.runner.graphs.disabled
+        rows.append((batch, speeds[False], speeds[True]))
+    print("\nengine decode, 16gb shape (dim 512, 8 layers, bf16), 32-token prompts, 128 new tokens")
+    print(f"{'batch':>5} | {'eager tokens/s':>14} | {'CUDA graphs tokens/s':>20}")
+    for batch, eager, graphs in rows:
+        print(f"{batch:>5} | {eager:>14.0f} | {graphs:>20.0f}")
+    assert all(g >= 0.8 * e for _, e, g in rows)
