@@ -364,10 +364,12 @@ def test_llm_is_imported_lazily():
     assert out == ["True", "zer02llm.inference.engine.llm"]
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.gpu
+@needs_cuda
 def test_cuda_graph_decoding_equals_eager():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     for moe in (False, True):
         model = make_model(moe=moe, dtype=torch.float32).cuda()
         prompts = prompts_of([3, 19, 40, 7, 26, 1, 11, 5, 60])
@@ -388,11 +390,10 @@ def test_cuda_graph_decoding_equals_eager():
 
 
 @pytest.mark.gpu
+@needs_cuda
 def test_decode_throughput_on_the_16gb_shape():
     """Decode tokens/s at batch 1, 16 and 64 for the 16gb preset's model shape (dim 512, 8 layers; bf16), eager
     and with CUDA graphs: printed into gpu_check's pytest.log. Asserts only that graphs were used and are not slower."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     torch.manual_seed(0)
     model = Transformer(ModelConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=2048)).cuda().to(torch.bfloat16).eval()
     prompts = prompts_of([32] * 64, seed=20)
