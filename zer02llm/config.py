@@ -451,21 +451,59 @@ class ExportConfig:
 
 
 @dataclass
+class EngineConfig:
+    """The inference engine's knobs (zer02llm/inference/engine/, docs/serving.md): serve's `engine.*` keys,
+    and `LLM(checkpoint, **knobs)`."""
+
+    # sequences decoded together: every running request is one row of each decode step's forward
+    max_batch: int = 32
+    # KV cache size in tokens, all requests together; a request waits while its prompt does not fit
+    kv_budget_tokens: int = 32768
+    # tokens per cache block: the unit of allocation and of prefix sharing
+    block_size: int = 16
+    # prompt tokens computed per step, all prefilling requests together: a long prompt is split over
+    # several steps so that the running requests keep decoding meanwhile
+    prefill_chunk: int = 512
+    # requests allowed to wait for a place in the batch; beyond, a new request is refused (HTTP 429)
+    max_queue: int = 256
+    # reuse the KV of prompt prefixes already computed (same system prompt, n>1, repeated prompts)
+    prefix_caching: bool = True
+    # on CUDA: replay decode steps as CUDA graphs (captured per batch-size bucket); ignored on the CPU
+    cuda_graphs: bool = True
+    # the context a CUDA graph's decode step covers; a step with a longer sequence runs eagerly
+    cuda_graph_max_len: int = 2048
+
+
+def engine_problems(engine: EngineConfig, prefix: str = "") -> list[str]:
+    problems = []
+    for name in ("max_batch", "kv_budget_tokens", "block_size", "prefill_chunk", "max_queue", "cuda_graph_max_len"):
+        value = getattr(engine, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{prefix}{name}={value}: must be an integer >= 1")
+    if not problems and engine.kv_budget_tokens < engine.block_size:
+        problems.append(f"{prefix}kv_budget_tokens={engine.kv_budget_tokens}: must hold at least one block "
+                        f"({prefix}block_size={engine.block_size})")
+    return problems
+
+
+@dataclass
 class ServeConfig(SamplingOptions):
     """`python -m zer02llm.serve`: the OpenAI HTTP API over a checkpoint (docs/serving.md).
 
-    The sampling keys are the defaults of a request that does not set them (max_new_tokens for a missing
-    max_tokens, seed for a missing seed); top_k and repetition_penalty, which OpenAI's API lacks, apply to
-    every request. `stream` is the request's own choice; the key is unused here."""
+    The sampling keys are the defaults of a request that does not set them: OpenAI's own by default
+    (temperature 1, top_p 1, no penalty); max_new_tokens for a missing max_tokens, seed for a missing seed.
+    top_k and repetition_penalty, which OpenAI's API lacks, apply to every request that does not set them
+    (as vLLM's extra fields). `stream` is the request's own choice; the key is unused here."""
 
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8000
     # the `model` that requests name and /v1/models lists; null: the run directory's name
     model_name: Optional[str] = None
-    # requests decoded at once, each on its own worker thread (batch 1, as eval decodes); more wait in line.
-    # With threads=1 each slot keeps one core busy: slots = cores suits models whose step is torch kernels
-    # (26M params on 2 cores: 1.6x the requests/s of slots=1); a toy model is Python-bound, slots=1 is faster
-    slots: int = 2
+    # the inference engine: batch size, KV cache budget, prefill chunk, queue bound (engine.max_batch=16, ...)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # uvicorn's log level (critical, error, warning, info, debug, trace); info logs one line per request
     log_level: str = "info"
 
@@ -857,7 +895,7 @@ def register_configs() -> None:
                                      "tasks=[sample]; compare=[<run>,<run>] sets runs' report cards side by side"),
         ("serve", ServeConfig, "python -m zer02llm.serve checkpoint=<dir> [host=127.0.0.1 port=8000]: serve the "
                                "OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions).\nExample: "
-                               "checkpoint=outputs/<date>/<time> port=8000 slots=2"),
+                               "checkpoint=outputs/<date>/<time> port=8000 engine.max_batch=32"),
     ):
         cs.store(name=f"base_{name}", node=schema)
         cs.store(name=name, node={

@@ -2,8 +2,9 @@
 
 GET /v1/models, POST /v1/chat/completions (messages rendered with the chat template, as eval's chat mode),
 POST /v1/completions (plain continuation, as eval's continuation mode), each with `stream` as server-sent
-events in OpenAI's chunk format; GET /health tells the slots in use. FastAPI and uvicorn are an extra
-(`pip install -e ".[serve]"`), imported only when the server starts; the engine is zer02llm/inference/serving.py.
+events in OpenAI's chunk format, `n` choices and `logprobs`; GET /health tells the engine's state. FastAPI and
+uvicorn are an extra (`pip install -e ".[serve]"`), imported only when the server starts; requests are checked in
+zer02llm/inference/serving.py and decoded by the inference engine (zer02llm/inference/engine/, docs/serving.md).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time,
@@ -16,15 +17,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 import hydra
 from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides, run_reporting_errors
-from zer02llm.config import ConfigError, ServeConfig, register_configs
-from zer02llm.inference.serving import (Engine, Finished, Job, RequestError, chat_messages, check_body, check_prompt_length,
-                              completion_prompt, make_job)
+from zer02llm.config import ConfigError, ServeConfig, engine_problems, register_configs
+from zer02llm.inference.serving import (Engine, RequestError, chat_messages, check_body, check_prompt_length,
+                                        completion_prompt, make_params)
 
 register_configs()
 INSTALL_HINT = 'pip install -e ".[serve]"'
@@ -46,11 +47,10 @@ def check_config(cfg: ServeConfig) -> None:
     problems = []
     if not 0 <= cfg.port <= 65535:
         problems.append(f"port={cfg.port}: must be in 0..65535 (0: any free port)")
-    if cfg.slots < 1:
-        problems.append(f"slots={cfg.slots}: must be >= 1 (requests decoded at once)")
-    if cfg.compile and cfg.slots > 1:
-        problems.append(f"compile=true with slots={cfg.slots}: the compiled decoder keeps one static KV cache, "
-                        f"so it serves one request at a time; use slots=1, or compile=false")
+    problems += engine_problems(cfg.engine, "engine.")
+    if cfg.compile:
+        problems.append("compile=true: the server's engine decodes in batches; on CUDA it replays CUDA graphs "
+                        "(engine.cuda_graphs=true, the default), so leave compile=false")
     if cfg.log_level not in LOG_LEVELS:
         problems.append(f"log_level={cfg.log_level!r}: valid: {', '.join(LOG_LEVELS)}")
     if cfg.model_name is not None and not cfg.model_name.strip():
@@ -93,25 +93,36 @@ def _error(status: int, message: str, type: str = "invalid_request_error", param
     return JSONResponse(RequestError(message, param, status, code, type).body(), status_code=status)
 
 
-async def job_events(engine: Engine, job: Job) -> AsyncIterator[object]:
-    """The job's events (text pieces, then a Finished or an Exception) as the slot emits them."""
-    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+class Job:
+    """One HTTP request's sequences (n of them) in the engine, and their events as the engine emits them."""
 
-    def emit(event: object) -> None:
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: Any):
+        self.engine, self.prompt_ids, self.params = engine, prompt_ids, params
+        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
+        self.seqs: list = []
+        self.seqs = engine.submit(prompt_ids, params, self._emit)
+
+    def _emit(self, index: int, delta: Any) -> None:  # on the engine's thread
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, delta))
         except RuntimeError:  # the event loop is gone: the server is stopping
-            job.cancelled.set()
+            self.cancel()
 
-    engine.submit(job, emit)
-    try:
-        while True:
-            event = await queue.get()
-            yield event
-            if not isinstance(event, str):
-                return
-    finally:
-        job.cancelled.set()  # a client gone mid-reply frees its slot at the next token
+    def cancel(self) -> None:
+        """Every sequence of the request leaves the batch at the next step (the client is gone)."""
+        for seq in self.seqs:
+            seq.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[int, Any]]:
+        """(choice index, Delta) until every choice finished; cancelled when the consumer stops early."""
+        left = len(self.seqs)
+        try:
+            while left:
+                index, delta = await self.queue.get()
+                yield index, delta
+                left -= delta.finished
+        finally:
+            self.cancel()
 
 
 def _sse(data: object) -> str:
@@ -147,11 +158,11 @@ def create_app(engine: Engine, model_name: str) -> Any:
             try:
                 await super().stream_response(send)
             finally:
-                self.job.cancelled.set()
+                self.job.cancel()
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -194,7 +205,7 @@ def create_app(engine: Engine, model_name: str) -> Any:
         except TemplateRenderError as e:
             raise RequestError(f"the chat template refused these messages: {e.reason}", "messages") from None
         check_prompt_length(ids, max_seq_len, "messages")
-        return await respond(body, make_job(body, ids, loaded, engine.defaults), chat=True)
+        return await respond(request, body, ids, make_params(body, engine.defaults, chat=True), chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -202,9 +213,41 @@ def create_app(engine: Engine, model_name: str) -> Any:
         prompt = completion_prompt(body)
         ids = [loaded.tokenizer.bos_id] + loaded.tokenizer.encode(prompt)  # a document begins with bos
         check_prompt_length(ids, max_seq_len, "prompt")
-        return await respond(body, make_job(body, ids, loaded, engine.defaults), chat=False)
+        return await respond(request, body, ids, make_params(body, engine.defaults, chat=False), chat=False)
 
-    async def respond(body: dict, job: Job, chat: bool) -> Any:
+    def token_text(token_id: int) -> tuple[str, list[int]]:
+        raw = loaded.tokenizer.token_bytes(token_id)
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    def logprobs_json(entries: Optional[list], chat: bool, offset: int = 0) -> Optional[dict]:
+        """OpenAI's logprobs object of some tokens: chat's {"content": [...]}, completions' parallel lists."""
+        if entries is None:
+            return None
+        if chat:
+            content = []
+            for e in entries:
+                text, raw = token_text(e.token_id)
+                top = [{"token": t, "logprob": lp, "bytes": b} for t, b, lp in
+                       ((*token_text(i), lp) for i, lp in e.top)]
+                content.append({"token": text, "logprob": e.logprob, "bytes": raw, "top_logprobs": top})
+            return {"content": content}
+        tokens = [token_text(e.token_id)[0] for e in entries]
+        offsets, at = [], offset
+        for t in tokens:
+            offsets.append(at)
+            at += len(t)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{token_text(i)[0]: lp for i, lp in e.top} for e in entries], "text_offset": offsets}
+
+    async def watch_disconnect(request: Request, job: Job) -> None:
+        """Cancel the job as soon as the client goes (a non-streamed reply has nothing to send meanwhile)."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                job.cancel()
+                return
+
+    async def respond(request: Request, body: dict, prompt_ids: list[int], params: Any, chat: bool) -> Any:
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise RequestError("'stream_options' must be an object such as {\"include_usage\": true}",
@@ -213,48 +256,73 @@ def create_app(engine: Engine, model_name: str) -> Any:
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model_name}
+        want_logprobs = params.logprobs is not None
+        job = Job(engine, prompt_ids, params)  # a full queue: 429 here
 
-        def usage(finished: Finished) -> dict:
-            return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": finished.completion_tokens,
-                    "total_tokens": len(job.prompt_ids) + finished.completion_tokens}
+        def usage(completion_tokens: int) -> dict:
+            return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                    "total_tokens": len(prompt_ids) + completion_tokens}
 
-        def choice(text: str | None, finish_reason: str | None, first: bool = False) -> dict:
-            if not chat:
-                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-            delta = {"role": "assistant", "content": ""} if first else {} if text is None else {"content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        def failure(delta: Any) -> str:
+            e = delta.error
+            return f"decoding failed: {type(e).__name__}: {e}"
 
         if not body.get("stream"):
-            pieces = []
-            async for event in job_events(engine, job):
-                if isinstance(event, Exception):
-                    return _error(500, f"decoding failed: {type(event).__name__}: {event}", type="server_error")
-                if isinstance(event, str):
-                    pieces.append(event)
+            texts, finishes, counts = [[] for _ in range(params.n)], [None] * params.n, [0] * params.n
+            entries: list[list] = [[] for _ in range(params.n)]
+            watcher = asyncio.ensure_future(watch_disconnect(request, job))
+            try:
+                async for index, delta in job.events():
+                    if delta.finish_reason == "error":
+                        return _error(500, failure(delta), type="server_error")
+                    if delta.finish_reason == "cancelled":
+                        return _error(499, "the request was cancelled", type="cancelled")
+                    texts[index].append(delta.text)
+                    entries[index] += delta.logprobs or []
+                    counts[index] = delta.num_tokens
+                    finishes[index] = delta.finish_reason or finishes[index]
+            finally:
+                watcher.cancel()
+            choices = []
+            for i in range(params.n):
+                text, lp = "".join(texts[i]), logprobs_json(entries[i], chat) if want_logprobs else None
+                if chat:
+                    choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp,
+                                    "finish_reason": finishes[i]})
                 else:
-                    text = "".join(pieces)
-                    answer = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                               "finish_reason": event.finish_reason} if chat else choice(text, event.finish_reason))
-                    return {**head, "choices": [answer], "usage": usage(event)}
-            return _error(500, "decoding ended without a reply", type="server_error")
+                    choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": finishes[i]})
+            return {**head, "choices": choices, "usage": usage(sum(counts))}
 
         chunk = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
         extra = {"usage": None} if include_usage else {}
 
+        def choice(index: int, text: Optional[str], finish_reason: Optional[str], first: bool = False,
+                   logprobs: Optional[dict] = None) -> dict:
+            if not chat:
+                return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
+            delta = {"role": "assistant", "content": ""} if first else {} if text is None else {"content": text}
+            return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
         async def stream() -> AsyncIterator[str]:
             if chat:
-                yield _sse({**chunk, "choices": [choice(None, None, first=True)], **extra})
-            async for event in job_events(engine, job):
-                if isinstance(event, Exception):  # the status is sent already: OpenAI's clients raise on this
-                    yield _sse(RequestError(f"decoding failed: {type(event).__name__}: {event}",
-                                            type="server_error").body())
+                for i in range(params.n):
+                    yield _sse({**chunk, "choices": [choice(i, None, None, first=True)], **extra})
+            counts, offsets = [0] * params.n, [0] * params.n
+            async for index, delta in job.events():
+                if delta.finish_reason == "error":  # the status is sent already: OpenAI's clients raise on this
+                    yield _sse(RequestError(failure(delta), type="server_error").body())
                     return
-                if isinstance(event, str):
-                    yield _sse({**chunk, "choices": [choice(event, None)], **extra})
-                else:
-                    yield _sse({**chunk, "choices": [choice(None, event.finish_reason)], **extra})
-                    if include_usage:
-                        yield _sse({**chunk, "choices": [], "usage": usage(event)})
+                if delta.finish_reason == "cancelled":
+                    return
+                counts[index] = delta.num_tokens
+                lp = logprobs_json(delta.logprobs, chat, offsets[index]) if want_logprobs and delta.logprobs else None
+                offsets[index] += len(delta.text)
+                if delta.text or lp is not None:
+                    yield _sse({**chunk, "choices": [choice(index, delta.text, None, logprobs=lp)], **extra})
+                if delta.finished:
+                    yield _sse({**chunk, "choices": [choice(index, None, delta.finish_reason)], **extra})
+            if include_usage:
+                yield _sse({**chunk, "choices": [], "usage": usage(sum(counts))})
             yield "data: [DONE]\n\n"
 
         return JobStream(stream(), job)
@@ -272,7 +340,7 @@ def make_server(cfg: ServeConfig) -> Any:
     check_port_free(cfg.host, cfg.port)
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile, cfg.threads)
     name = cfg.model_name or default_model_name(loaded.checkpoint)
-    app = create_app(Engine(loaded, cfg.slots, cfg), name)
+    app = create_app(Engine(loaded, cfg.engine, cfg), name)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
 
@@ -281,7 +349,8 @@ def run(cfg: ServeConfig) -> None:
     server = make_server(cfg)
     engine = server.config.app.state.engine
     print(f"serving {engine.loaded.checkpoint} as model '{server.config.app.state.model_name}' on "
-          f"http://{cfg.host}:{cfg.port}/v1 ({cfg.slots} slot{'s' if cfg.slots > 1 else ''}); Ctrl-C stops",
+          f"http://{cfg.host}:{cfg.port}/v1 (engine: max_batch={cfg.engine.max_batch}, "
+          f"kv_budget_tokens={cfg.engine.kv_budget_tokens}); Ctrl-C stops",
           file=sys.stderr, flush=True)
     try:
         server.run()

@@ -388,9 +388,9 @@ def test_a_made_up_key_or_group_fails_with_its_name():
     assert "hardware" in problem and "80gb" in problem
     [problem] = command_problems(fake_command("+train.made_up=1"))
     assert "train.made_up" in problem
-    [problem] = command_problems(fake_command("checkpoint=x slots=3", entry="eval"))
-    assert "slots" in problem
-    assert command_problems(fake_command("checkpoint=x slots=3", entry="serve")) == []
+    [problem] = command_problems(fake_command("checkpoint=x engine.max_batch=3", entry="eval"))
+    assert "engine" in problem
+    assert command_problems(fake_command("checkpoint=x engine.max_batch=3", entry="serve")) == []
     [problem] = command_problems(fake_command("prompt=x", entry="nonesuch"))
     assert "no entry point zer02llm.nonesuch" in problem
 

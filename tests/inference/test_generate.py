@@ -64,10 +64,9 @@ def test_streamed_pieces_are_valid_utf8_for_chinese_and_emoji(checkpoint, monkey
     split = [i for i in ids if not _is_valid_utf8(tokenizer.token_bytes(i))]
     assert split, "the test text must contain tokens that cut a character in two"
 
-    def scripted(model, prompt_ids, max_new_tokens, params, eos_id, generator):
-        yield from ids[:max_new_tokens]
-
-    monkeypatch.setattr("zer02llm.inference.sampling.generate", scripted)
+    # the engine's sampler picks the scripted ids (generate decodes through the inference engine)
+    monkeypatch.setattr("zer02llm.inference.engine.sampler.Sampler.sample",
+                        lambda self, logits, seqs: [ids[s.num_output] for s in seqs])
     out = RecordingStdout()
     monkeypatch.setattr("sys.stdout", out)
     text = generate_cli.run(GenerateConfig(checkpoint=str(checkpoint), prompt="题目：", max_new_tokens=len(ids)))

@@ -1,7 +1,7 @@
 """`python -m zer02llm.serve`: the OpenAI API, spoken to with the official `openai` client.
 
 The server runs in a thread of this process (the same make_server the command runs), so a test can slow
-down or break `sampling.generate` under it; one test starts the real command in a subprocess.
+down, script or break the engine under it; one test starts the real command in a subprocess.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ pytest.importorskip("fastapi", reason='the server needs its extra: pip install -
 
 from zer02llm import eval as eval_cli  # noqa: E402
 from zer02llm import serve  # noqa: E402
-from zer02llm.inference import sampling
-from zer02llm.config import ConfigError, EvalConfig, ServeConfig  # noqa: E402
+from zer02llm.config import ConfigError, EngineConfig, EvalConfig, ServeConfig  # noqa: E402
 from zer02llm.inference.serving import StopMatcher  # noqa: E402
 from zer02llm.tokenizer import Tokenizer  # noqa: E402
 
@@ -48,7 +47,8 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(checkpoint):
     """The API on a free localhost port (port=0: the OS picks), stopped after the module."""
-    srv = serve.make_server(ServeConfig(checkpoint=str(checkpoint), port=0, slots=2, log_level="warning"))
+    srv = serve.make_server(ServeConfig(checkpoint=str(checkpoint), port=0, log_level="warning",
+                                        engine=EngineConfig(max_batch=4, max_queue=64)))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -70,8 +70,10 @@ def client(server):
 @pytest.fixture(scope="module")
 def chat_session(checkpoint):
     """eval's chat mode, in this process: the reference the server must equal."""
+    # the server applies no repetition penalty unless asked (OpenAI has none); eval's default is 1.1
     return eval_cli.Session(EvalConfig(checkpoint=str(checkpoint), chat=True, temperature=0.0, max_new_tokens=40,
-                                       stream=False), write=lambda text: None, note=lambda text: None)
+                                       repetition_penalty=1.0, stream=False),
+                            write=lambda text: None, note=lambda text: None)
 
 
 def stream_chat(client, prompt: str, **kwargs) -> tuple[list[str], str, object]:
@@ -130,7 +132,8 @@ def test_chat_equals_eval_token_for_token_streaming_or_not(client, chat_session)
 def test_completions_continue_like_eval_continuation_mode(client, checkpoint):
     prompt = "Once upon a time"
     expected = eval_cli.Session(EvalConfig(checkpoint=str(checkpoint), chat=False, temperature=0.0,
-                                           max_new_tokens=12, stream=False), lambda t: None, lambda t: None)
+                                           max_new_tokens=12, repetition_penalty=1.0, stream=False),
+                                lambda t: None, lambda t: None)
     record = expected.reply(prompt)
     answer = client.completions.create(model="tinychat", prompt=prompt, temperature=0, max_tokens=12)
     assert answer.choices[0].text == record["response"] and answer.choices[0].finish_reason == record["finish_reason"]
@@ -186,19 +189,18 @@ def test_eight_concurrent_streams_each_equal_their_single_answer(client, server)
     for t in threads:
         t.join(60)
     assert [("".join(p), f) for p, f in together] == [("".join(p), f) for p, f in single]
-    assert health(server)["peak_busy"] == 2  # both slots decoded at once: the answers had neighbours
+    assert health(server)["peak_busy"] == 4  # a full batch decoded at once: the answers had neighbours
 
 
-def test_chinese_streams_whole_characters_only(client, checkpoint, monkeypatch):
+def test_chinese_streams_whole_characters_only(client, server, checkpoint, monkeypatch):
     """The scripted ids of CHINESE include tokens that cut a character in two; no chunk may carry U+FFFD."""
     tokenizer = Tokenizer.load(checkpoint / "checkpoints" / "last" / "tokenizer")
     ids = tokenizer.encode(CHINESE)
     assert any(not is_utf8(tokenizer.token_bytes(i)) for i in ids), "the text must hold tokens that split a character"
 
-    def scripted(model, prompt_ids, max_new_tokens, params, eos_id, generator):
-        yield from [*ids, eos_id][:max_new_tokens]
-
-    monkeypatch.setattr(sampling, "generate", scripted)
+    script = [*ids, tokenizer.eos_id]
+    sampler = server["engine"].llm.sampler
+    monkeypatch.setattr(sampler, "sample", lambda logits, seqs: [script[s.num_output] for s in seqs])
     pieces, finish, usage = stream_chat(client, "讲个故事", max_tokens=100, stream_options={"include_usage": True})
     assert "".join(pieces) == CHINESE and finish == "stop" and usage.completion_tokens == len(ids) + 1
     assert all("\ufffd" not in p for p in pieces) and len([p for p in pieces if p]) > 3
@@ -212,7 +214,10 @@ def test_bad_requests_get_their_status_and_message(client, server):
         (dict(model="tinychat", messages=user, top_p=0), openai.BadRequestError, 400, "'top_p'=0: must be in (0, 1]"),
         (dict(model="tinychat", messages=user, top_p=1.5), openai.BadRequestError, 400, "'top_p'=1.5"),
         (dict(model="tinychat", messages=user, max_tokens=0), openai.BadRequestError, 400, "'max_tokens'=0"),
-        (dict(model="tinychat", messages=user, n=2), openai.BadRequestError, 400, "n=1"),
+        (dict(model="tinychat", messages=user, n=0), openai.BadRequestError, 400, "'n'=0"),
+        (dict(model="tinychat", messages=user, top_logprobs=3), openai.BadRequestError, 400, "'logprobs': true"),
+        (dict(model="tinychat", messages=user, presence_penalty=3), openai.BadRequestError, 400,
+         "'presence_penalty'=3"),
         (dict(model="tinychat", messages=user, stop=[""]), openai.BadRequestError, 400, "'stop'"),
         (dict(model="tinychat", messages=[]), openai.BadRequestError, 400, "'messages' is required"),
         (dict(model="tinychat", messages=[{"role": "robot", "content": "hi"}]), openai.BadRequestError, 400,
@@ -242,10 +247,9 @@ def test_bad_requests_get_their_status_and_message(client, server):
 def test_a_failing_generation_is_a_500_and_the_server_goes_on(client, server, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
-        yield
 
     failed = health(server)["failed"]
-    monkeypatch.setattr(sampling, "generate", broken)
+    monkeypatch.setattr(server["engine"].llm.runner, "run", broken)
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 500 and "out of memory (simulated)" in caught.value.message
@@ -256,7 +260,7 @@ def test_a_failing_generation_is_a_500_and_the_server_goes_on(client, server, mo
     def buggy(*args, **kwargs):
         raise TypeError("a bug in the request handling (simulated)")
 
-    monkeypatch.setattr(serve, "make_job", buggy)  # a bug before decoding: the generic handler's 500 JSON
+    monkeypatch.setattr(serve, "make_params", buggy)  # a bug before decoding: the generic handler's 500 JSON
     response = httpx.post(server["url"] + "/v1/completions", json={"model": "tinychat", "prompt": "hi"})
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
     assert "simulated" in response.json()["error"]["message"]
@@ -266,15 +270,15 @@ def test_a_failing_generation_is_a_500_and_the_server_goes_on(client, server, mo
     assert health(server)["failed"] == failed + 2 and health(server)["busy"] == 0
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(client, server, monkeypatch):
-    real = sampling.generate
+def test_a_client_that_disconnects_mid_stream_frees_its_place(client, server, monkeypatch):
+    runner = server["engine"].llm.runner
+    real = runner.run
 
-    def slow(*args, **kwargs):  # 200 tokens would take 10 s: only a cancelled job ends within the deadline
-        for token in real(*args, **kwargs):
-            time.sleep(0.05)
-            yield token
+    def slow(*args, **kwargs):  # 200 tokens would take 10 s: only a cancelled request ends within the deadline
+        time.sleep(0.05)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "generate", slow)
+    monkeypatch.setattr(runner, "run", slow)
     before = health(server)
     stream = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}],
                                             max_tokens=200, temperature=0.8, stream=True)
@@ -291,6 +295,94 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(client, server, mon
     assert client.completions.create(model="tinychat", prompt="Hi", max_tokens=3).usage.completion_tokens <= 3
 
 
+def test_n_choices_share_the_prompt_and_each_equal_a_single_answer(client, server):
+    single = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": PROMPTS[2]}],
+                                            temperature=0, max_tokens=30)
+    hits = health(server)["prefix_hit_tokens"]
+    many = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": PROMPTS[2]}],
+                                          temperature=0, max_tokens=30, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert {c.message.content for c in many.choices} == {single.choices[0].message.content}
+    assert many.usage.completion_tokens == 3 * single.usage.completion_tokens
+    assert health(server)["prefix_hit_tokens"] > hits  # the prompt's KV computed once, reused by the others
+    sampled = client.completions.create(model="tinychat", prompt="Once upon a time", max_tokens=20, n=2, seed=5,
+                                        temperature=1.0)
+    streamed = ["", ""]
+    for chunk in client.completions.create(model="tinychat", prompt="Once upon a time", max_tokens=20, n=2, seed=5,
+                                           temperature=1.0, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == [c.text for c in sampled.choices] and streamed[0] != streamed[1]
+
+
+def test_logprobs_are_the_models_own(client):
+    answer = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": PROMPTS[3]}],
+                                            temperature=0, max_tokens=8, logprobs=True, top_logprobs=2)
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob == entry.logprob  # greedy: the sampled token is the most likely
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+    completion = client.completions.create(model="tinychat", prompt="Hi", temperature=0, max_tokens=5, logprobs=1)
+    lp = completion.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == completion.usage.completion_tokens
+    plain = client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert plain.choices[0].logprobs is None
+
+
+def test_omitted_sampling_values_are_openais_defaults(client, server, monkeypatch):
+    engine, seen = server["engine"], []
+    real = engine.submit
+
+    def recording(prompt_ids, params, emit):
+        seen.append(params)
+        return real(prompt_ids, params, emit)
+
+    monkeypatch.setattr(engine, "submit", recording)
+    client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    p = seen[-1]
+    assert (p.temperature, p.top_p, p.presence_penalty, p.frequency_penalty, p.repetition_penalty, p.n) == \
+        (1.0, 1.0, 0.0, 0.0, 1.0, 1)
+
+
+def test_a_full_queue_is_a_429_with_retry_after(client, server, monkeypatch):
+    monkeypatch.setattr(server["engine"].llm.config, "max_queue", 0)
+    response = httpx.post(server["url"] + "/v1/chat/completions",
+                          json={"model": "tinychat", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+    assert response.json()["error"]["type"] == "rate_limit_error" and "busy" in response.json()["error"]["message"]
+    with pytest.raises(openai.RateLimitError):
+        stream_chat(client, "hi")
+    monkeypatch.undo()
+    assert client.chat.completions.create(model="tinychat", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=2).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_client_that_disconnects_before_a_whole_reply_frees_its_place(server, checkpoint, monkeypatch):
+    llm = server["engine"].llm
+    real = llm.runner.run
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm.runner, "run", slow)
+    word = Tokenizer.load(checkpoint / "checkpoints" / "last" / "tokenizer").encode("a")[0]
+    monkeypatch.setattr(llm.sampler, "sample", lambda logits, seqs: [word] * len(seqs))  # never the end of turn
+    before = health(server)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(server["url"] + "/v1/chat/completions", timeout=0.5,
+                   json={"model": "tinychat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+                         "temperature": 0.8})
+    deadline = time.monotonic() + 3
+    while health(server)["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = health(server)
+    assert after["busy"] == 0 and after["cancelled"] == before["cancelled"] + 1
+    assert after["kv_blocks_free"] == after["kv_blocks"]
+
+
 def test_a_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[serve\]"'):
@@ -300,9 +392,10 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
 def test_bad_settings_are_refused_before_loading(tmp_path):
     with pytest.raises(ConfigError, match=r"checkpoint=<dir> is required"):
         serve.make_server(ServeConfig())
-    proc = run_module("zer02llm.serve", [f"checkpoint={tmp_path}", "slots=0", "port=70000"], cwd=tmp_path,
+    proc = run_module("zer02llm.serve", [f"checkpoint={tmp_path}", "engine.max_batch=0", "port=70000"], cwd=tmp_path,
                       check=False)
-    assert proc.returncode == 2 and "slots=0: must be >= 1" in proc.stderr and "port=70000" in proc.stderr
+    assert proc.returncode == 2 and "engine.max_batch=0: must be an integer >= 1" in proc.stderr
+    assert "port=70000" in proc.stderr
 
 
 def test_the_command_serves_until_stopped(checkpoint, tmp_path):
@@ -395,7 +488,7 @@ def test_chat_without_a_chat_template_is_refused_and_completions_still_work(serv
     loaded = server["engine"].loaded
     tokenizer = copy.copy(loaded.tokenizer)
     tokenizer.chat_template = None  # a pretrained model's tokenizer may have none
-    engine = Engine(dataclasses.replace(loaded, tokenizer=tokenizer), 1, ServeConfig(checkpoint="x"))
+    engine = Engine(dataclasses.replace(loaded, tokenizer=tokenizer), EngineConfig(max_batch=1), ServeConfig(checkpoint="x"))
     try:
         with TestClient(serve.create_app(engine, "plain")) as http:
             response = http.post("/v1/chat/completions", json={"model": "plain", "messages": [

@@ -288,13 +288,14 @@ def test_jsonl_and_terminal_say_why_a_reply_ended(runs, tmp_path, monkeypatch):
     out, err = Terminal(), io.StringIO()
     cfg = EvalConfig(checkpoint=str(runs["pretrain"]), prompts=["Once upon"], max_new_tokens=2, seed=0,
                      output=str(tmp_path / "cut.jsonl"))
-    monkeypatch.setattr("zer02llm.inference.sampling.generate", lambda *args: iter([40, 41, 42][:args[2]]))
+    sample = "zer02llm.inference.engine.sampler.Sampler.sample"  # eval decodes through the inference engine
+    monkeypatch.setattr(sample, lambda self, logits, seqs: [[40, 41, 42][s.num_output] for s in seqs])
     [cut] = eval_cli.run(cfg, stdin=io.StringIO(), stdout=out, stderr=err)
     assert cut["finish_reason"] == "length" and cut["tokens"] == 2
     assert json.loads((tmp_path / "cut.jsonl").read_text())["finish_reason"] == "length"
     assert err.getvalue() == "[truncated at max_new_tokens=2]\n"
     eos = Tokenizer.load(runs["pretrain"] / "tokenizer").eos_id
-    monkeypatch.setattr("zer02llm.inference.sampling.generate", lambda *args: iter([40, eos]))
+    monkeypatch.setattr(sample, lambda self, logits, seqs: [[40, eos][s.num_output] for s in seqs])
     err = io.StringIO()
     [done] = eval_cli.run(cfg, stdin=io.StringIO(), stdout=out, stderr=err)
     assert done["finish_reason"] == "stop" and done["tokens"] == 2 and err.getvalue() == ""

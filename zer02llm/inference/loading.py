@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -29,6 +29,8 @@ class Loaded:
     trained_seq_len: Optional[int] = None
     # compile=true: the compiled decoder over `model`, kept so that one compile serves every reply
     decoder: Optional[sampling.StaticDecoder] = None
+    # the inference engine that stream_reply decodes through (made on first use, kept for the next replies)
+    engine: Optional[Any] = None
 
 
 @dataclass
@@ -93,13 +95,59 @@ def check_sampling(options: SamplingOptions) -> sampling.SamplingParams:
 def stream_reply(loaded: Loaded, prompt_ids: list[int], options: SamplingOptions, params: sampling.SamplingParams,
                  write: Optional[Callable[[str], None]] = None, stop_id: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> Reply:
-    """Sample a reply, handing each decoded piece to `write` as it comes (whole characters only)."""
+    """Sample a reply, handing each decoded piece to `write` as it comes (whole characters only).
+
+    Through the inference engine (the same decoding as serve and LLM.generate), or, with compile=true,
+    through the compiled batch-1 decoder (loaded.decoder)."""
+    started = time.perf_counter()
+    stop = loaded.tokenizer.eos_id if stop_id is None else stop_id
+    if loaded.decoder is not None:
+        return _stream_compiled(loaded, prompt_ids, options, params, write, stop, generator, started)
+    from zer02llm.config import EngineConfig
+    from zer02llm.inference.engine.engine import LLMEngine
+    from zer02llm.inference.engine.sequence import SamplingParams
+
+    model = loaded.model
+    if len(prompt_ids) >= model.cfg.max_seq_len:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; model.max_seq_len={model.cfg.max_seq_len} "
+                         f"leaves no room for new ones")
+    needed = min(model.cfg.max_seq_len, len(prompt_ids) + options.max_new_tokens)
+    if loaded.engine is None or loaded.engine.blocks.capacity < needed:
+        block = EngineConfig.block_size
+        budget = -(-max(needed, 2048) // block) * block
+        loaded.engine = LLMEngine(model, loaded.tokenizer, EngineConfig(max_batch=1, kv_budget_tokens=budget))
+    engine = loaded.engine
+    request = SamplingParams(max_tokens=options.max_new_tokens, temperature=params.temperature, top_k=params.top_k,
+                             top_p=params.top_p, repetition_penalty=params.repetition_penalty,
+                             ignore_eos=stop != loaded.tokenizer.eos_id,
+                             stop_token_ids=[stop] if stop != loaded.tokenizer.eos_id and stop >= 0 else [])
+    pieces: list[str] = []
+
+    def on_delta(delta) -> None:
+        if delta.text:
+            pieces.append(delta.text)
+            if write is not None:
+                write(delta.text)
+
+    was_training = model.training
+    model.eval()
+    try:
+        seq = engine.add_request(prompt_ids, request, on_delta=on_delta, force=True, generator=generator)
+        engine.run_until_done()
+    finally:
+        model.train(was_training)
+    if seq.finish_reason == "error":
+        raise seq.error
+    return Reply("".join(pieces), seq.num_output, time.perf_counter() - started, seq.finish_reason)
+
+
+def _stream_compiled(loaded: Loaded, prompt_ids: list[int], options: SamplingOptions, params: sampling.SamplingParams,
+                     write: Optional[Callable[[str], None]], stop: int, generator: Optional[torch.Generator],
+                     started: float) -> Reply:
     decoder = StreamDecoder(loaded.tokenizer)
     pieces: list[str] = []
-    started, count, last = time.perf_counter(), 0, None
-    stop = loaded.tokenizer.eos_id if stop_id is None else stop_id
-    model = loaded.decoder or loaded.model  # the same tokens either way
-    for token in sampling.generate(model, prompt_ids, options.max_new_tokens, params, stop, generator):
+    count, last = 0, None
+    for token in sampling.generate(loaded.decoder, prompt_ids, options.max_new_tokens, params, stop, generator):
         count, last = count + 1, token
         pieces.append(decoder.push(token))
         if write is not None and pieces[-1]:

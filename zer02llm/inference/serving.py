@@ -1,29 +1,25 @@
 """What `python -m zer02llm.serve` runs under its HTTP layer: OpenAI request bodies checked and turned into
-prompts, and an Engine that decodes them on a fixed number of slots.
+prompts and sampling settings, and the inference engine they go to.
 
 No web framework here (serve.py holds the FastAPI app), so all of it runs and is tested without the extra.
 
-Concurrency: each slot is a worker thread decoding one request at a time at batch 1, through the same
-`sampling.generate` that generate and eval use; requests beyond the slots wait in line. Batch-1 decoding
-keeps a request's tokens independent of its neighbours (a batched matmul rounds differently from a
-batch-1 one, which can flip a near-tie), so an answer equals eval's, alone or among others. torch releases
-the GIL inside its kernels, so the slots decode in parallel, one core each at threads=1.
+Concurrency: the engine (zer02llm/inference/engine/, docs/serving.md) runs in a background thread; every
+request joins its running batch between two decode steps, and each step decodes all of them in one
+forward. Every request samples from a generator of its own, so a seeded request repeats whatever else
+runs; greedy answers equal eval's (batch 1) token for token. Beyond engine.max_queue waiting requests a new
+one is refused with 429 and Retry-After.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-import torch
-
-from zer02llm.inference import sampling
-from zer02llm.config import SamplingOptions
-from zer02llm.inference.loading import Loaded, make_generator
-from zer02llm.tokenizer import StreamDecoder
+from zer02llm.config import EngineConfig, SamplingOptions
+from zer02llm.inference.engine.engine import LLMEngine, QueueFull
+from zer02llm.inference.engine.sequence import Delta, SamplingParams, Sequence
+from zer02llm.inference.engine.text import StopMatcher  # noqa: F401  (re-exported: the stop-string rule)
+from zer02llm.inference.loading import Loaded
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +32,11 @@ class RequestError(Exception):
     """A request the server refuses: becomes OpenAI's {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, message: str, param: Optional[str] = None, status: int = 400,
-                 code: Optional[str] = None, type: str = "invalid_request_error"):
+                 code: Optional[str] = None, type: str = "invalid_request_error",
+                 headers: Optional[dict[str, str]] = None):
         super().__init__(message)
         self.message, self.param, self.status, self.code, self.type = message, param, status, code, type
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -61,26 +59,6 @@ def _get(body: dict, name: str, kind: Union[type, tuple[type, ...]], default: An
         wanted = " or ".join(JSON_TYPES[k] for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise RequestError(f"'{name}' must be {wanted}, got {_json_type(value)} {value!r}", name)
     return value
-
-
-@dataclass
-class Job:
-    """One request's decoding: what the slot needs, and the flag that ends it early (client gone)."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    params: sampling.SamplingParams
-    stop: list[str] = field(default_factory=list)
-    generator: Optional[torch.Generator] = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class Finished:
-    """The last event of a job that ran to its end: why it ended, and how many tokens it sampled."""
-
-    finish_reason: str  # "stop": end of turn or a stop string; "length": max_tokens or model.max_seq_len
-    completion_tokens: int
 
 
 def check_body(body: Any, served_model: str) -> dict:
@@ -141,138 +119,103 @@ def check_prompt_length(prompt_ids: list[int], max_seq_len: int, param: str) -> 
                            f"'{param}'.", param, code="context_length_exceeded")
 
 
-def make_job(body: dict, prompt_ids: list[int], loaded: Loaded, defaults: SamplingOptions) -> Job:
-    """The sampling settings of a request (its own, else the server's defaults) checked into a Job."""
+MAX_N = 16  # choices per request (n)
+
+
+def make_params(body: dict, defaults: SamplingOptions, chat: bool) -> SamplingParams:
+    """The sampling settings of a request: its own, else the server's defaults (OpenAI's unless configured)."""
     n = _get(body, "n", int, 1)
-    if n != 1:
-        raise RequestError(f"'n'={n}: this server returns one choice per request (n=1); send n requests instead",
-                           "n")
+    if not 1 <= n <= MAX_N:
+        raise RequestError(f"'n'={n}: must be in 1..{MAX_N}", "n")
     for name in ("max_tokens", "max_completion_tokens"):
         if (value := _get(body, name, int)) is not None and value < 1:
             raise RequestError(f"'{name}'={value}: must be >= 1", name)
     max_tokens = _get(body, "max_completion_tokens", int) or _get(body, "max_tokens", int) or defaults.max_new_tokens
     temperature = _get(body, "temperature", float, defaults.temperature)
-    if temperature < 0:
-        raise RequestError(f"'temperature'={temperature}: must be >= 0 (0 is greedy)", "temperature")
+    if not 0 <= temperature <= 2:
+        raise RequestError(f"'temperature'={temperature}: must be in [0, 2] (0 is greedy)", "temperature")
     top_p = _get(body, "top_p", float, defaults.top_p)
     if not 0 < top_p <= 1:
         raise RequestError(f"'top_p'={top_p}: must be in (0, 1]", "top_p")
+    top_k = _get(body, "top_k", int, defaults.top_k)  # not OpenAI's: vLLM's extra field
+    if top_k < 0:
+        raise RequestError(f"'top_k'={top_k}: must be >= 0 (0 turns it off)", "top_k")
+    repetition = _get(body, "repetition_penalty", float, defaults.repetition_penalty)  # vLLM's extra field
+    if repetition <= 0:
+        raise RequestError(f"'repetition_penalty'={repetition}: must be > 0 (1 turns it off)", "repetition_penalty")
+    penalties = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        penalties[name] = _get(body, name, float, 0.0)
+        if not -2 <= penalties[name] <= 2:
+            raise RequestError(f"'{name}'={penalties[name]}: must be in [-2, 2]", name)
     stop = _get(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
-    if not all(isinstance(s, str) and s for s in stop):
-        raise RequestError(f"'stop' must be a non-empty string or an array of them, got {stop!r}", "stop")
+    if not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+        raise RequestError(f"'stop' must be a non-empty string or an array of up to 4 of them, got {stop!r}", "stop")
     seed = _get(body, "seed", int, defaults.seed)
     if seed is not None and not -2 ** 63 <= seed < 2 ** 64:
         raise RequestError(f"'seed'={seed}: must fit in 64 bits", "seed")
     _get(body, "stream", bool)
-    params = sampling.SamplingParams(float(temperature), defaults.top_k, float(top_p), defaults.repetition_penalty)
-    generator = None
-    if params.temperature > 0:  # a generator of its own: a seeded request repeats whatever else runs
-        generator = make_generator(loaded, seed)
-        if generator is None:
-            generator = torch.Generator(loaded.model.tok_embeddings.weight.device)
-            generator.seed()
-    return Job(prompt_ids, max_tokens, params, stop, generator)
-
-
-class StopMatcher:
-    """Cuts the reply at the first stop string; holds back text that may be the start of one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops, self.text, self.sent = stops, "", 0
-
-    def push(self, piece: str) -> tuple[str, bool]:
-        """Add decoded text; returns (the text now safe to send, whether a stop string was reached)."""
-        self.text += piece
-        hits = [i for s in self.stops if (i := self.text.find(s, self.sent)) >= 0]
-        if hits:
-            cut = min(hits)
-            out, self.sent = self.text[self.sent:cut], cut
-            return out, True
-        hold = 0  # the longest unsent tail that begins some stop string
-        for s in self.stops:
-            hold = max([hold] + [k for k in range(1, min(len(s), len(self.text) - self.sent + 1))
-                                 if self.text.endswith(s[:k])])
-        end = len(self.text) - hold
-        out, self.sent = self.text[self.sent:end], end
-        return out, False
-
-    def flush(self) -> str:
-        out, self.sent = self.text[self.sent:], len(self.text)
-        return out
+    logprobs = None
+    if chat:  # chat: logprobs (bool) and top_logprobs (0..20)
+        top = _get(body, "top_logprobs", int)
+        if _get(body, "logprobs", bool, False):
+            logprobs = top or 0
+            if not 0 <= logprobs <= 20:
+                raise RequestError(f"'top_logprobs'={top}: must be in 0..20", "top_logprobs")
+        elif top is not None:
+            raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    else:  # completions: logprobs (0..5), the number of top tokens
+        logprobs = _get(body, "logprobs", int)
+        if logprobs is not None and not 0 <= logprobs <= 5:
+            raise RequestError(f"'logprobs'={logprobs}: must be in 0..5", "logprobs")
+    if _get(body, "echo", bool, False):
+        raise RequestError("'echo' is not supported: the reply never repeats the prompt", "echo")
+    if _get(body, "best_of", int, 1) not in (1, n):
+        raise RequestError("'best_of' is not supported (only best_of = n)", "best_of")
+    return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=top_k,
+                          repetition_penalty=float(repetition), seed=seed, stop=stop, logprobs=logprobs, n=n,
+                          **{k: float(v) for k, v in penalties.items()})
 
 
 class Engine:
-    """A fixed number of decoding slots over one loaded model; submit() queues a Job (see make_job).
+    """The serving side of the inference engine: requests in from the event loop, Deltas out on its thread."""
 
-    Events go to `emit` from the slot's thread, in order: text pieces (str, whole characters only),
-    then a Finished, or an Exception when decoding failed. A cancelled job emits nothing more.
-    """
-
-    def __init__(self, loaded: Loaded, slots: int, defaults: SamplingOptions):
+    def __init__(self, loaded: Loaded, config: EngineConfig, defaults: SamplingOptions):
         """defaults: the sampling settings of a request that does not give its own (the server's config)."""
-        self.loaded, self.slots, self.defaults = loaded, slots, defaults
-        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="zer02llm-slot")
-        self._lock = threading.Lock()
-        self.busy = self.waiting = self.completed = self.cancelled = self.failed = self.peak_busy = 0
+        self.loaded, self.config, self.defaults = loaded, config, defaults
+        self.llm = LLMEngine(loaded.model, loaded.tokenizer, config).start()
 
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"slots": self.slots, "busy": self.busy, "waiting": self.waiting, "peak_busy": self.peak_busy,
-                    "completed": self.completed, "cancelled": self.cancelled, "failed": self.failed}
+    def stats(self) -> dict[str, Any]:
+        return self.llm.stats()
 
-    def submit(self, job: Job, emit: Callable[[object], None]) -> Future:
-        with self._lock:
-            self.waiting += 1
-        return self._pool.submit(self._run, job, emit)
+    def submit(self, prompt_ids: list[int], params: SamplingParams,
+               emit: Callable[[int, Delta], None]) -> list[Sequence]:
+        """params.n sequences of the prompt (seeds seed, seed+1, ... when seeded); each Delta goes to
+        emit(choice index, delta). All or none: a full queue is a 429 RequestError."""
+        try:
+            self.llm.check_request(prompt_ids, params)
+        except ValueError as e:
+            raise RequestError(str(e), "max_tokens" if "max_tokens" in str(e) else None) from None
+        seqs: list[Sequence] = []
+        try:
+            for k in range(params.n):
+                sample = params if params.n == 1 else _replace(params, n=1,
+                                                               seed=None if params.seed is None else params.seed + k)
+                seqs.append(self.llm.add_request(prompt_ids, sample, on_delta=lambda d, k=k: emit(k, d)))
+        except QueueFull:
+            for seq in seqs:
+                seq.cancel()
+            raise RequestError(f"the server is busy: {self.config.max_queue} requests are waiting already; retry in a "
+                               f"moment", status=429, code="rate_limit_exceeded", type="rate_limit_error",
+                               headers={"Retry-After": "1"}) from None
+        return seqs
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.llm.stop()
 
-    def _count(self, **changes: int) -> None:
-        with self._lock:
-            for name, change in changes.items():
-                setattr(self, name, getattr(self, name) + change)
-            self.peak_busy = max(self.peak_busy, self.busy)
 
-    def _run(self, job: Job, emit: Callable[[object], None]) -> None:
-        self._count(waiting=-1, busy=1)
-        outcome = "cancelled"
-        try:
-            if not job.cancelled.is_set():
-                finished = self._decode(job, emit)
-                if finished is not None:
-                    outcome = "completed"
-                    emit(finished)
-        except Exception as e:  # one request's failure: reported to it, the slot goes on
-            log.exception("decoding failed")
-            outcome = "failed"
-            emit(e)
-        finally:
-            self._count(busy=-1, **{outcome: 1})
+def _replace(params: SamplingParams, **changes: Any) -> SamplingParams:
+    import dataclasses
 
-    def _decode(self, job: Job, emit: Callable[[object], None]) -> Optional[Finished]:
-        """Sample the reply, emitting its text as it comes; None when the job was cancelled midway."""
-        tokenizer = self.loaded.tokenizer
-        decoder, matcher = StreamDecoder(tokenizer), StopMatcher(job.stop)
-        model = self.loaded.decoder or self.loaded.model
-        count, last = 0, None
-        tokens = sampling.generate(model, job.prompt_ids, job.max_new_tokens, job.params, tokenizer.eos_id,
-                                   job.generator)
-        try:
-            for token in tokens:
-                if job.cancelled.is_set():
-                    return None
-                count, last = count + 1, token
-                text, stopped = matcher.push(decoder.push(token))
-                if text:
-                    emit(text)
-                if stopped:
-                    return Finished("stop", count)
-        finally:
-            tokens.close()
-        text, stopped = matcher.push(decoder.flush())
-        text += "" if stopped else matcher.flush()
-        if text:
-            emit(text)
-        return Finished("stop" if stopped or last == tokenizer.eos_id else "length", count)
+    return dataclasses.replace(params, **changes)

@@ -22,6 +22,7 @@ from zer02llm.config import ModelConfig, MoEConfig
 from zer02llm.model.masking import HAS_FLEX, BlockMask, document_block_mask, document_causal_mask, \
     flex_document_attention, flex_trains_on
 from zer02llm.model.moe import MoEFeedForward, RouterStats
+from zer02llm.model.paged import PagedBatch, PagedKVCache, paged_attention
 
 IGNORE_INDEX = -100  # targets with this value (padding, prompts) add nothing to the loss
 # a document mask: dense (B, 1, T, T) bool (True = may attend) for SDPA / math, or a flex BlockMask
@@ -150,6 +151,16 @@ class Attention(nn.Module):
             y = self._math(q, k, v, past, dropout, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
+    def forward_paged(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: PagedKVCache,
+                      batch: PagedBatch) -> torch.Tensor:
+        """x (N, dim): new tokens of several sequences laid flat; cos, sin (N, 1, hd) at their positions."""
+        N = x.size(0)
+        q = apply_rope(self.q_proj(x).view(N, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(N, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(N, self.n_kv_heads, self.head_dim)
+        y = paged_attention(self, q, k, v, cache, batch)  # (N, H, hd)
+        return self.o_proj(y.reshape(N, -1))
+
     def _sdpa(self, q, k, v, past: int, dropout: float, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         # Common cases need no mask tensor: a fresh sequence is plain causal, and a single new
         # token may see everything cached. Only a multi-token chunk after a cache needs one, and
@@ -214,6 +225,15 @@ class Block(nn.Module):
             out, stats = self.ffn(self.ffn_norm(x))
             return x + out, stats
         return x + self.ffn(self.ffn_norm(x)), None
+
+
+    def forward_paged(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: PagedKVCache,
+                      batch: PagedBatch) -> torch.Tensor:
+        x = x + self.attn.forward_paged(self.attn_norm(x), cos, sin, cache, batch)
+        if self.is_moe:
+            out, _ = self.ffn(self.ffn_norm(x).unsqueeze(0))
+            return x + out[0]
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class Output(NamedTuple):
@@ -322,6 +342,23 @@ class Transformer(nn.Module):
                       expert_load=torch.stack([s.expert_load for s in router_stats]),
                       router_entropy=torch.stack([s.router_entropy for s in router_stats]),
                       dropped_tokens=torch.stack([s.dropped for s in router_stats]).sum())
+
+    def forward_paged(self, tokens: torch.Tensor, cache: PagedKVCache, batch: PagedBatch) -> torch.Tensor:
+        """Inference over several sequences at once (see paged.py): tokens (N,) laid flat, each at its
+        batch.positions and written to its batch.slots -> float32 logits (len(batch.logit_rows), vocab)."""
+        cos = self.rope_cos[batch.positions].unsqueeze(1)  # (N, 1, hd)
+        sin = self.rope_sin[batch.positions].unsqueeze(1)
+        x = self.tok_embeddings(tokens)  # (N, dim)
+        for layer in self.layers:
+            x = layer.forward_paged(x, cos, sin, cache, batch)
+        if batch.logit_rows is not None:
+            x = x[batch.logit_rows]
+        logits = self.lm_head(self.norm(x))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    def new_paged_cache(self, num_slots: int, dtype: Optional[torch.dtype] = None) -> PagedKVCache:
+        param = self.tok_embeddings.weight
+        return PagedKVCache(self.cfg, num_slots, param.device, dtype or param.dtype)
 
     def _document_mask(self, doc_ids: torch.Tensor) -> AttentionMask:
         """The mask of doc_ids in the form the kernel takes: a flex BlockMask or a dense boolean mask."""
