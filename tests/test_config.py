@@ -66,10 +66,14 @@ def test_every_group_option_composes():
     from zer02llm.config import MoEConfig
 
     options = {group: sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
-               for group in ("model", "mode", "hardware", "optim")}
-    assert options["model"] == ["dense", "moe"] and options["mode"] == ["dpo", "pretrain", "sft"]
+               for group in ("model", "mode", "hardware", "optim", "reward")}
+    assert options["model"] == ["dense", "moe"] and options["mode"] == ["dpo", "grpo", "pretrain", "sft"]
     assert set(options["hardware"]) == {"cpu", *PRESETS} and options["optim"] == ["adamw", "muon"]
-    needs = {"dpo": ["mode.init_from=sft_run"]}  # what the preset asks of the command line
+    assert {"numeric", "gsm8k", "exact", "regex", "function"} <= set(options["reward"])
+    # what the preset asks of the command line
+    needs = {"dpo": ["mode.init_from=sft_run"], "grpo": ["mode.init_from=sft_run"],
+             "function": ["mode=grpo", "reward.function._target_=my_rewards.score"],
+             **{name: ["mode=grpo"] for name in options["reward"] if name != "function"}}
     for group, names in options.items():
         for option in names:
             cfg = to_config([f"{group}={option}", *needs.get(option, [])])
