@@ -6,15 +6,10 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zer02llm.lazy import lazy_exports
 
-_LAZY = {"LLM": "zer02llm.inference.engine.llm", "SamplingParams": "zer02llm.inference.engine.sequence",
-         "EngineConfig": "zer02llm.config"}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, {
+    "LLM": "zer02llm.inference.engine.llm",
+    "SamplingParams": "zer02llm.inference.engine.sequence",
+    "EngineConfig": "zer02llm.config",
+})

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zer02llm.lazy import lazy_exports
 
-# what this package offers, and the module that holds each: imported on first use, so that the trainer's
-# import of the report card never loads the scorer
-_OFFERS = {
+# what this package offers, and the module that holds each, imported on first use: the trainer's import of
+# the report card never loads the scorer
+__getattr__, __all__ = lazy_exports(__name__, {
     "LanguageModel": "zer02llm.evals.scorer",
     "ModelScorer": "zer02llm.evals.scorer",
     "Task": "zer02llm.evals.tasks",
@@ -18,11 +17,4 @@ _OFFERS = {
     "make_scorer": "zer02llm.evals.scorer",
     "run_tasks": "zer02llm.evals.runner",
     "write_report": "zer02llm.evals.report",
-}
-__all__ = sorted(_OFFERS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _OFFERS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_OFFERS[name]), name)
+})

@@ -12,10 +12,9 @@ stop strings), engine.py (the step loop: offline or in a background thread), llm
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zer02llm.lazy import lazy_exports
 
-_OFFERS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "LLM": "zer02llm.inference.engine.llm",
     "CompletionOutput": "zer02llm.inference.engine.llm",
     "RequestOutput": "zer02llm.inference.engine.llm",
@@ -26,11 +25,4 @@ _OFFERS = {
     "Sequence": "zer02llm.inference.engine.sequence",
     "Delta": "zer02llm.inference.engine.sequence",
     "TokenLogprob": "zer02llm.inference.engine.sequence",
-}
-__all__ = sorted(_OFFERS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _OFFERS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_OFFERS[name]), name)
+})
