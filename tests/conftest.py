@@ -29,6 +29,12 @@ from zer02llm.model.transformer import RMSNorm
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# tests/ mirrors the package in folders without __init__ (test modules' names are unique); a test module may
+# reuse another's helpers (`from test_document_mask import build`), also when only its own folder is collected
+for folder in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name != "__pycache__"):
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+
 # A model small enough for subprocess runs of a few seconds on 2 cores, trained with AdamW at train.lr: what
 # the tests built on it were written for (pretraining's default is Muon with per-group lrs, whose own tests add
 # optim=muon, the later override winning, or compose without TINY).
