@@ -31,7 +31,7 @@ from zer02llm.inference.serving import (Engine, RequestError, bound_max_tokens, 
 register_configs()
 INSTALL_HINT = 'pip install -e ".[serve]"'
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-WARNING_HEADER = "X-Zer02llm-Warning"  # a response's warning (docs/serving.md, Limits): a prompt past the trained length
+WARNING_HEADER = "X-Zer02llm-Warning"  # a prompt past the trained length (docs/serving.md, Limits)
 log = logging.getLogger("zer02llm.serve")
 
 

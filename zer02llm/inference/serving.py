@@ -143,7 +143,6 @@ UNSUPPORTED = {
     "tool_choice": lambda v: v == "none",
     "functions": lambda v: v == [],
     "function_call": lambda v: v == "none",
-    "parallel_tool_calls": lambda v: True,  # meaningless without tools
     "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text" and len(v) == 1,
     "logit_bias": lambda v: v == {},
     "audio": lambda v: False,
