@@ -506,6 +506,14 @@ class ServeConfig(SamplingOptions):
     engine: EngineConfig = field(default_factory=EngineConfig)
     # uvicorn's log level (critical, error, warning, info, debug, trace); info logs one line per request
     log_level: str = "info"
+    # the largest request body taken, in bytes (1 MiB); a bigger one is a 413, refused from its Content-Length
+    max_body_bytes: int = 1 << 20
+    # seconds a client has to send a request's headers, and then its body; a stalled connection is closed (408)
+    request_timeout_s: float = 30.0
+    # seconds an idle keep-alive connection stays open after a response (uvicorn's timeout_keep_alive)
+    timeout_keep_alive_s: float = 5.0
+    # open connections at most; beyond them a new request gets 503 (uvicorn's limit_concurrency)
+    limit_concurrency: int = 512
 
 
 class ConfigError(ValueError):

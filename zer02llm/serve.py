@@ -12,6 +12,7 @@ zer02llm/inference/serving.py and decoded by the inference engine (zer02llm/infe
 import asyncio
 import errno
 import json
+import logging
 import socket
 import sys
 import time
@@ -24,12 +25,14 @@ from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides, run_reporting_errors
 from zer02llm.config import ConfigError, ServeConfig, engine_problems, register_configs
-from zer02llm.inference.serving import (Engine, RequestError, chat_messages, check_body, check_prompt_length,
-                                        completion_prompt, make_params)
+from zer02llm.inference.serving import (Engine, RequestError, bound_max_tokens, chat_messages, check_body,
+                                        check_prompt_length, completion_prompt, make_params, refuse_unsupported)
 
 register_configs()
 INSTALL_HINT = 'pip install -e ".[serve]"'
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+WARNING_HEADER = "X-Zer02llm-Warning"  # a prompt past the trained length (docs/serving.md, Limits)
+log = logging.getLogger("zer02llm.serve")
 
 
 def import_web() -> tuple[Any, Any]:
@@ -53,6 +56,9 @@ def check_config(cfg: ServeConfig) -> None:
                         "(engine.cuda_graphs=true, the default), so leave compile=false")
     if cfg.log_level not in LOG_LEVELS:
         problems.append(f"log_level={cfg.log_level!r}: valid: {', '.join(LOG_LEVELS)}")
+    for key in ("max_body_bytes", "request_timeout_s", "timeout_keep_alive_s", "limit_concurrency"):
+        if getattr(cfg, key) <= 0:
+            problems.append(f"{key}={getattr(cfg, key)}: must be > 0")
     if cfg.model_name is not None and not cfg.model_name.strip():
         problems.append("model_name='': give a name, or null for the run directory's name")
     if problems:
@@ -129,13 +135,16 @@ def _sse(data: object) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def create_app(engine: Engine, model_name: str) -> Any:
-    """The FastAPI app over an Engine."""
+def create_app(engine: Engine, model_name: str, max_body_bytes: int = 1 << 20, request_timeout_s: float = 30.0) -> Any:
+    """The FastAPI app over an Engine. Bodies above max_body_bytes are a 413; a body not received within
+    request_timeout_s is a 408."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     from zer02llm.data.sft import ChatTemplate, TemplateError, TemplateRenderError
+
+    from zer02llm.inference.loading import long_prompt_note
 
     loaded = engine.loaded
     max_seq_len = loaded.model.cfg.max_seq_len
@@ -150,8 +159,8 @@ def create_app(engine: Engine, model_name: str) -> Any:
     class JobStream(StreamingResponse):
         """An event stream whose job is cancelled when sending stops, however it stopped (client gone)."""
 
-        def __init__(self, content: AsyncIterator[str], job: Job):
-            super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        def __init__(self, content: AsyncIterator[str], job: Job, headers: dict[str, str]):
+            super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
             self.job = job
 
         async def stream_response(self, send: Any) -> None:
@@ -173,12 +182,39 @@ def create_app(engine: Engine, model_name: str) -> Any:
     async def crashed(request: Request, e: Exception) -> JSONResponse:  # a bug: this request fails, not the server
         return _error(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
 
+    def too_large(size: str) -> RequestError:
+        return RequestError(f"the request body is {size} bytes; this server takes at most {max_body_bytes} "
+                            f"(serve's max_body_bytes)", status=413, code="request_too_large")
+
+    async def receive_bytes(request: Request) -> bytes:
+        """The body, refused (413) from its Content-Length before reading and again while reading."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            raise too_large(length)
+        data, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise too_large(f"more than {max_body_bytes}")
+            data.append(chunk)
+        return b"".join(data)
+
     async def read_body(request: Request) -> dict:
         try:
-            body = json.loads(await request.body())
+            raw = await asyncio.wait_for(receive_bytes(request), request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body did not arrive within {request_timeout_s:g} s (serve's "
+                               f"request_timeout_s)", status=408, code="request_timeout") from None
+        try:
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(f"the request body is not valid JSON ({e})") from None
-        return check_body(body, model_name)
+        except RecursionError:
+            raise RequestError("the request body nests arrays or objects too deeply to parse; a request needs "
+                               "only a few levels") from None
+        body = check_body(body, model_name)
+        refuse_unsupported(body)
+        return body
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -200,8 +236,8 @@ def create_app(engine: Engine, model_name: str) -> Any:
         messages = chat_messages(body)
         if template is None:
             raise RequestError(f"this model cannot chat: {no_template}; use /v1/completions", "messages")
-        try:
-            ids, _ = template.encode(messages, add_generation_prompt=True)
+        try:  # off the event loop: a long message must not stall every other client (and /health)
+            ids, _ = await asyncio.to_thread(template.encode, messages, add_generation_prompt=True)
         except TemplateRenderError as e:
             raise RequestError(f"the chat template refused these messages: {e.reason}", "messages") from None
         check_prompt_length(ids, max_seq_len, "messages")
@@ -211,7 +247,8 @@ def create_app(engine: Engine, model_name: str) -> Any:
     async def completions(request: Request) -> Any:
         body = await read_body(request)
         prompt = completion_prompt(body)
-        ids = [loaded.tokenizer.bos_id] + loaded.tokenizer.encode(prompt)  # a document begins with bos
+        # a document begins with bos; tokenized off the event loop, as chat's messages
+        ids = [loaded.tokenizer.bos_id] + await asyncio.to_thread(loaded.tokenizer.encode, prompt)
         check_prompt_length(ids, max_seq_len, "prompt")
         return await respond(request, body, ids, make_params(body, engine.defaults, chat=False), chat=False)
 
@@ -256,6 +293,11 @@ def create_app(engine: Engine, model_name: str) -> Any:
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model_name}
+        params = bound_max_tokens(body, params, len(prompt_ids), max_seq_len)
+        headers = {}
+        if note := long_prompt_note(len(prompt_ids), loaded):
+            log.warning("%s %s", request.url.path, note)
+            headers[WARNING_HEADER] = note.strip("[]")
         want_logprobs = params.logprobs is not None
         job = Job(engine, prompt_ids, params)  # a full queue: 429 here
 
@@ -291,7 +333,7 @@ def create_app(engine: Engine, model_name: str) -> Any:
                                     "finish_reason": finishes[i]})
                 else:
                     choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": finishes[i]})
-            return {**head, "choices": choices, "usage": usage(sum(counts))}
+            return JSONResponse({**head, "choices": choices, "usage": usage(sum(counts))}, headers=headers)
 
         chunk = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
         extra = {"usage": None} if include_usage else {}
@@ -325,9 +367,52 @@ def create_app(engine: Engine, model_name: str) -> Any:
                 yield _sse({**chunk, "choices": [], "usage": usage(sum(counts))})
             yield "data: [DONE]\n\n"
 
-        return JobStream(stream(), job)
+        return JobStream(stream(), job, headers)
 
     return app
+
+
+def header_timeout_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete within timeout_s
+    of its first byte or of its previous response (uvicorn alone waits forever for the rest of them)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        header_timer: Optional[asyncio.TimerHandle] = None
+
+        def _waiting(self) -> bool:  # no request in progress: what arrives is (part of) the next one's headers
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.header_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _expire(self) -> None:
+            self.header_timer = None
+            if self._waiting() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._waiting() and self.header_timer is None:
+                self._arm()
+            super().data_received(data)
+            if not self._waiting():  # the headers are in: the body has its own bound (read_body)
+                self._disarm()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11
 
 
 def make_server(cfg: ServeConfig) -> Any:
@@ -340,8 +425,10 @@ def make_server(cfg: ServeConfig) -> Any:
     check_port_free(cfg.host, cfg.port)
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile, cfg.threads)
     name = cfg.model_name or default_model_name(loaded.checkpoint)
-    app = create_app(Engine(loaded, cfg.engine, cfg), name)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=5)
+    app = create_app(Engine(loaded, cfg.engine, cfg), name, cfg.max_body_bytes, cfg.request_timeout_s)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=5,
+                            http=header_timeout_protocol(cfg.request_timeout_s),
+                            timeout_keep_alive=cfg.timeout_keep_alive_s, limit_concurrency=cfg.limit_concurrency)
     return uvicorn.Server(config)
 
 

@@ -12,6 +12,7 @@ one is refused with 429 and Retry-After.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable, Optional, Union
 
@@ -117,6 +118,47 @@ def check_prompt_length(prompt_ids: list[int], max_seq_len: int, param: str) -> 
         raise RequestError(f"This model's maximum context length is {max_seq_len} tokens (model.max_seq_len); "
                            f"the prompt has {len(prompt_ids)} tokens, which leaves no room for a reply. Shorten "
                            f"'{param}'.", param, code="context_length_exceeded")
+
+
+def bound_max_tokens(body: dict, params: SamplingParams, prompt_tokens: int, max_seq_len: int) -> SamplingParams:
+    """params whose max_tokens fits the served context (model.max_seq_len) after the prompt: a max_tokens the
+    client gave that does not fit is refused, as OpenAI does; the server's default is cut to what fits."""
+    room = max_seq_len - prompt_tokens
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is not None:
+            if value > room:
+                raise RequestError(f"This model's maximum context length is {max_seq_len} tokens "
+                                   f"(model.max_seq_len); the prompt has {prompt_tokens} tokens and '{name}'={value} "
+                                   f"asks for up to {prompt_tokens + value} in all. Give '{name}' <= {max(room, 1)}, "
+                                   f"or shorten the prompt.", name, code="context_length_exceeded")
+            return params
+    return params if params.max_tokens <= room else _replace(params, max_tokens=max(room, 1))
+
+
+# OpenAI fields this server does not implement: refused by name, never silently ignored. Each maps to a test
+# of the value that means "nothing asked" (absent or null always is)
+UNSUPPORTED = {
+    "tools": lambda v: v == [],
+    "tool_choice": lambda v: v == "none",
+    "functions": lambda v: v == [],
+    "function_call": lambda v: v == "none",
+    "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text" and len(v) == 1,
+    "logit_bias": lambda v: v == {},
+    "audio": lambda v: False,
+    "modalities": lambda v: v == ["text"],
+    "prediction": lambda v: False,
+}
+
+
+def refuse_unsupported(body: dict) -> None:
+    """A 400 naming the first OpenAI field this server cannot honour (instead of a 200 that ignores it)."""
+    for name, harmless in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is not None and not harmless(value):
+            raise RequestError(f"'{name}'={json.dumps(value)[:200]} is not supported by this server (a plain text "
+                               f"model: no tools or function calls, no structured output, no logit_bias, no audio); "
+                               f"omit '{name}'", name, code="unsupported_parameter")
 
 
 MAX_N = 16  # choices per request (n)
