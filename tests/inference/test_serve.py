@@ -6,6 +6,7 @@ down, script or break the engine under it; one test starts the real command in a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -44,11 +46,10 @@ def checkpoint(tmp_path_factory) -> Path:
     return work / "tinychat"
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint):
-    """The API on a free localhost port (port=0: the OS picks), stopped after the module."""
-    srv = serve.make_server(ServeConfig(checkpoint=str(checkpoint), port=0, log_level="warning",
-                                        engine=EngineConfig(max_batch=4, max_queue=64)))
+@contextlib.contextmanager
+def running_server(cfg: ServeConfig) -> Iterator[dict]:
+    """The API of `cfg` (port=0: the OS picks a free localhost port) in a thread, stopped on leaving."""
+    srv = serve.make_server(cfg)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -56,10 +57,19 @@ def server(checkpoint):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "engine": srv.config.app.state.engine}
-    srv.should_exit = True
-    thread.join(15)
-    srv.config.app.state.engine.shutdown()
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "srv": srv, "engine": srv.config.app.state.engine}
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        srv.config.app.state.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    with running_server(ServeConfig(checkpoint=str(checkpoint), port=0, log_level="warning",
+                                    engine=EngineConfig(max_batch=4, max_queue=64))) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

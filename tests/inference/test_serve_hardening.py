@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from zer02llm import serve  # noqa: E402
 from zer02llm.config import ConfigError, EngineConfig, ServeConfig  # noqa: E402
 
 from conftest import TINY, run_module  # noqa: E402
+from test_serve import running_server  # noqa: E402
 
 MAX_SEQ_LEN = 256  # the served context (model.max_seq_len)
 TRAINED = 64  # data.seq_len: the length the model was trained on
@@ -45,18 +45,8 @@ def server(checkpoint):
     cfg = ServeConfig(checkpoint=str(checkpoint), port=0, log_level="warning", max_body_bytes=MAX_BODY,
                       request_timeout_s=TIMEOUT_S, timeout_keep_alive_s=3, limit_concurrency=40,
                       engine=EngineConfig(max_batch=4, max_queue=16))
-    srv = serve.make_server(cfg)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "srv": srv, "engine": srv.config.app.state.engine}
-    srv.should_exit = True
-    thread.join(15)
-    srv.config.app.state.engine.shutdown()
+    with running_server(cfg) as running:
+        yield running
 
 
 def post(server, path: str, body: dict | None = None, **kwargs) -> httpx.Response:
