@@ -271,12 +271,8 @@ class Muon(torch.optim.Muon):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = _momentum_update(_momentum_buffer(self.state[p], p.grad), p.grad, momentum,
+                                          group["nesterov"])
                 update = _orthogonalised_shard(update, index, group["ns_coefficients"], group["ns_steps"],
                                                group["eps"])
                 index += 1
@@ -311,6 +307,18 @@ def _adjusted_lr(lr: float, adjust_lr_fn: Optional[str], rows: int, cols: int) -
     else:
         ratio = 1.0
     return lr * ratio
+
+
+def _momentum_buffer(state: dict, grad: torch.Tensor) -> torch.Tensor:
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+    return state["momentum_buffer"]
+
+
+def _momentum_update(buf: torch.Tensor, grad: torch.Tensor, momentum: float, nesterov: bool) -> torch.Tensor:
+    """Muon's momentum, as torch.optim.Muon computes it: buf <- lerp(buf, grad), the update Nesterov's blend."""
+    buf.lerp_(grad, 1 - momentum)
+    return grad.lerp(buf, momentum) if nesterov else buf
 
 
 def newton_schulz(grads: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
@@ -360,14 +368,11 @@ class ExpertMuon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = _momentum_buffer(self.state[p], p.grad)
                 # under FSDP2 the stack is sharded along the experts: every shard holds whole matrices, so each
                 # rank orthogonalises its own experts and no gather is needed
-                weight, grad, buf = _local(p), _local(p.grad), _local(state["momentum_buffer"])
-                buf.lerp_(grad, 1 - momentum)
-                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                weight, grad = _local(p), _local(p.grad)
+                update = _momentum_update(_local(buf), grad, momentum, group["nesterov"])
                 if update.numel():  # a rank with no expert of this stack (more ranks than experts)
                     # orthogonalised as the (out, in) matrices nn.Linear would hold, exactly as torch.optim.Muon does
                     update = newton_schulz(update.mT, group["ns_coefficients"], group["ns_steps"], group["eps"]).mT
