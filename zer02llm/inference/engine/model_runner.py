@@ -11,10 +11,16 @@ up to max_batch), each over a context of cuda_graph_max_len slots, the rows past
 that writes into a scratch slot. A step that does not fit (prefill in it, a longer context) runs eagerly.
 A model whose forward cannot be captured (e.g. an MoE layer that needs the host) warns once and runs
 eagerly. The CPU always runs eagerly.
+
+compute_dtype (e.g. bfloat16 for a float32 model being trained under autocast, as GRPO's rollouts): every
+forward runs under torch.autocast to that dtype and the cache holds keys and values in it. The autocast's
+weight cache is off, so a CUDA graph casts the weights as they are at each replay (a training step updates
+them in place between rollouts) instead of keeping the copies made when it was captured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import Optional
@@ -36,18 +42,26 @@ def graph_buckets(max_batch: int) -> list[int]:
 
 class ModelRunner:
     def __init__(self, model: Transformer, blocks: BlockManager, max_batch: int, cuda_graphs: bool = True,
-                 cuda_graph_max_len: int = 2048):
+                 cuda_graph_max_len: int = 2048, compute_dtype: Optional[torch.dtype] = None):
         self.model, self.blocks = model, blocks
         self.bs = blocks.block_size
         self.device = model.tok_embeddings.weight.device
+        weights = model.tok_embeddings.weight.dtype
+        self.compute_dtype = compute_dtype if compute_dtype not in (None, weights) else None
         # one slot past the budget: where the padding rows of a CUDA graph write
-        self.cache = model.new_paged_cache(blocks.num_blocks * self.bs + 1)
+        self.cache = model.new_paged_cache(blocks.num_blocks * self.bs + 1, self.compute_dtype)
         self.scratch = blocks.num_blocks * self.bs
         self._offsets = torch.arange(self.bs)
         self.graphs: Optional[DecodeGraphs] = None
         if cuda_graphs and self.device.type == "cuda":
             width = min(cuda_graph_max_len, model.cfg.max_seq_len, blocks.capacity)
             self.graphs = DecodeGraphs(self, graph_buckets(max_batch), width)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward's autocast to compute_dtype (none without one); no weight cache (see the module's doc)."""
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, cache_enabled=False)
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         """Slots of token indices start..end-1 of a sequence with this block table (CPU, long)."""
@@ -91,7 +105,8 @@ class ModelRunner:
             start = row_start[id(w)]
             batch.prefills.append(PrefillSegment(start, start + w.count,
                                                  self._slots(w.seq.block_table, 0, w.start + w.count).to(self.device)))
-        return self.model.forward_paged(torch.tensor(tokens, device=self.device), self.cache, batch)
+        with self.autocast():
+            return self.model.forward_paged(torch.tensor(tokens, device=self.device), self.cache, batch)
 
     def _decode_context(self, decode: list[Work], width: int, lengths: torch.Tensor,
                         pad_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +183,8 @@ class DecodeGraphs:
                            decode_slots=inputs["decode_slots"], decode_mask=inputs["decode_mask"])
 
         def forward() -> torch.Tensor:
-            return runner.model.forward_paged(inputs["tokens"], runner.cache, batch)
+            with runner.autocast():
+                return runner.model.forward_paged(inputs["tokens"], runner.cache, batch)
 
         with torch.inference_mode():
             stream = torch.cuda.Stream()
