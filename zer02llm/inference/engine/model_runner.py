@@ -82,20 +82,24 @@ class ModelRunner:
             if logits is not None:
                 picked = [position[id(w)] for w, r in zip(work, rows) for _ in r]
                 return logits[picked]
-        tokens, positions, slots, logit_rows = [], [], [], []
-        row_start: dict[int, int] = {}
-        n = 0
-        for w in ordered:
-            seq = w.seq
+        # decoding rows in plain Python (one token each: a handful of integers, no small tensors per row),
+        # prompt chunks as tensors (they may be long)
+        bs = self.bs
+        tokens = [w.seq.tokens[w.start] for w in decode]
+        positions = [w.start for w in decode]
+        slots = [torch.tensor([w.seq.block_table[w.start // bs] * bs + w.start % bs for w in decode],
+                              dtype=torch.long)]
+        row_start: dict[int, int] = {id(w): i for i, w in enumerate(decode)}
+        n = len(decode)
+        for w in prefill:
             row_start[id(w)] = n
-            tokens.extend(seq.tokens[w.start:w.start + w.count])
-            positions.append(torch.arange(w.start, w.start + w.count))
-            slots.append(self._slots(seq.block_table, w.start, w.start + w.count))
+            tokens.extend(w.seq.tokens[w.start:w.start + w.count])
+            positions.extend(range(w.start, w.start + w.count))
+            slots.append(self._slots(w.seq.block_table, w.start, w.start + w.count))
             n += w.count
-        for w, r in zip(work, rows):
-            logit_rows.extend(row_start[id(w)] + j - w.start for j in r)
-        batch = PagedBatch(positions=torch.cat(positions).to(self.device), slots=torch.cat(slots).to(self.device),
-                           num_decode=len(decode),
+        logit_rows = [row_start[id(w)] + j - w.start for w, r in zip(work, rows) for j in r]
+        batch = PagedBatch(positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+                           slots=torch.cat(slots).to(self.device), num_decode=len(decode),
                            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=self.device))
         if decode:
             lengths = torch.tensor([w.start + 1 for w in decode])
@@ -113,10 +117,9 @@ class ModelRunner:
         """(slots (B, width), mask (B, 1, 1, width)) of decoding sequences' contexts; B = len(decode) + pad_rows,
         padding rows attend only the scratch slot."""
         num_blocks = -(-width // self.bs)
-        tables = torch.full((len(decode) + pad_rows, num_blocks), 0, dtype=torch.long)
-        for i, w in enumerate(decode):
-            table = w.seq.block_table[:num_blocks]
-            tables[i, :len(table)] = torch.tensor(table, dtype=torch.long)
+        rows = [w.seq.block_table[:num_blocks] for w in decode]
+        tables = torch.tensor([row + [0] * (num_blocks - len(row)) for row in rows] + [[0] * num_blocks] * pad_rows,
+                              dtype=torch.long).view(len(decode) + pad_rows, num_blocks)
         slots = (tables.unsqueeze(2) * self.bs + self._offsets).flatten(1)[:, :width]
         columns = torch.arange(width)
         mask = columns.unsqueeze(0) < lengths.unsqueeze(1)
