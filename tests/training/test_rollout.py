@@ -5,6 +5,8 @@ after an optimizer step (no keys and values of the old weights read); eos and le
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -171,3 +173,33 @@ def test_under_bf16_autocast_the_engine_computes_and_caches_in_bf16():
             worst = max(worst, float((logits.max(-1).values - chosen).max()))
     # logits of std ~1 whose top two are 0.1-0.8 apart: a token from wrong keys, values or weights falls short
     assert worst < 0.05, worst
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_cuda_graphs_replay_the_weights_an_optimizer_step_left(dtype):
+    """A kept engine's CUDA graphs, captured at the first rollout, sample after an optimizer step what a new
+    engine captured on the new weights samples: the graphs read the parameters in place and, under autocast,
+    cast them at every replay (no autocast weight cache kept inside a graph)."""
+    torch.manual_seed(0)
+    model = randomize(Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                              max_seq_len=128))).cuda()
+
+    def autocast():
+        return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    prompts, seeds = prompts_of([5, 19, 11, 30], vocab=64), [1, 2, 3, 4]
+    kept = Rollouts(model, autocast)
+    before = kept.sample(prompts, 4, 16, 1.0, None, seeds)
+    graphs = kept.engine.runner.graphs
+    assert graphs is not None and graphs.replays > 0 and not graphs.disabled
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.2)
+    with autocast():
+        model(torch.tensor([prompts[0] + before[0]], device="cuda")).logits.logsumexp(-1).mean().backward()
+    optimizer.step()
+    replays = graphs.replays
+    after = kept.sample(prompts, 4, 16, 1.0, None, seeds)
+    assert kept.engine.runner.graphs is graphs and graphs.replays > replays  # the same graphs, replayed
+    assert after != before
+    assert after == Rollouts(model, autocast).sample(prompts, 4, 16, 1.0, None, seeds)

@@ -3,8 +3,8 @@
 GRPO generates only here. `Rollouts` keeps one LLMEngine (zer02llm/inference/engine/) over the model being
 trained for the whole run, and gives it all of a rollout's samples at once: continuous batching (a
 completion that ended leaves the batch; no finished rows ride along) and each prompt's keys and values
-computed once and shared by its group through the prefix cache (the prompt's whole blocks; what is left of
-it, under block_size tokens, each sample computes itself).
+computed once and shared by its group through the prefix cache (the prompt's whole blocks; its last 1 to
+block_size tokens each sample computes itself).
 
 The weights change between rollouts, so:
 - the prefix cache is emptied at the start of every rollout: no keys and values of older weights are read;
