@@ -2,34 +2,36 @@
 """Benchmark GRPO's rollouts: the engine against the fixed-batch sampler it replaced, and a GRPO step's
 time split between making the rollout batch and training on it.
 
-Three samplers roll out the same prompts (the shipped sums, chat template applied; 4 prompts x 8
-completions and max_new_tokens 24 by default, as conf/mode/grpo.yaml) from the same model:
+The run is `python -m zer02llm.train mode=grpo <overrides>`'s (the CPU preset by default: dim 128, 2
+layers, 4 heads, vocab 6400, 1 thread; 4 prompts x 8 completions, max_new_tokens 24, the shipped sums'
+prompts). Three samplers roll out the same prompts from the same model, taking turns:
 
-- `fixed batch`: the sampler GRPO used before the engine (kept here as the baseline): prompts of equal
-  length decoded together, each prompt's KV copied to its group's rows, one forward per new token for
-  all rows of a length class until the last one ends (finished rows ride along);
-- `engine, kept`: zer02llm.training.rollout.Rollouts, GRPO's path: one engine for every rollout, its
-  prefix cache emptied at each;
-- `engine, new`: rollout(), a new engine for every rollout (what keeping one saves).
+- `fixed batch (before)`: the sampler GRPO used before the engine, kept here as the baseline: prompts of
+  equal length decoded together, each prompt's KV copied to its group's rows, one forward per new token
+  for all rows of a length class until the last one ends (finished rows ride along);
+- `engine, kept (GRPO)`: zer02llm.training.rollout.Rollouts, GRPO's path: one engine for every rollout,
+  its prefix cache emptied at each;
+- `engine, new per rollout`: rollout(), a new engine for every rollout (what keeping one saves).
 
-Each runs --rollouts rollouts (different seeds) after one warm-up; the table gives completion tokens
-per second and milliseconds per rollout (medians). Then --steps GRPO steps (the objective's own
-make_rollouts, then forward, backward and an AdamW step on its batches) give the share of a step spent
-making the rollout batch (sampling, scoring) against training. The machine's load average is printed
-beside the figures: on a shared machine they move with it.
+Each makes --rollouts rollouts (new seeds each) after a warm-up; the table gives completion tokens per
+second and milliseconds per rollout (medians). Then --steps GRPO steps of two copies of the model, one
+rolling out with each sampler (the objective's own rollout batch, then forward, backward and the optimizer
+step), give the share of a step spent making the rollout batch (sampling, scoring) against training.
+The machine's load average is printed beside the figures: on a shared machine they move with it.
 
-Random weights never sample eos, so every completion runs to max_new_tokens (the most work a rollout can
-be); --checkpoint rolls out a trained model instead (its own lengths).
+Random weights (the default) almost never sample eos, so nearly every completion runs to max_new_tokens;
+--checkpoint rolls out a trained model instead, with its own lengths.
 
-    python scripts/bench_rollout.py                                   # the CPU preset's shape, 1 thread
+    python scripts/bench_rollout.py                                       # random weights, CPU preset
     python scripts/bench_rollout.py --checkpoint outputs/sft --rollouts 20
-    python scripts/bench_rollout.py --device cuda --dim 512 --layers 8 --heads 8 --dtype bfloat16   # 16gb shape
+    python scripts/bench_rollout.py hardware=16gb --checkpoint outputs/sft    # on a GPU (bf16 autocast)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -104,54 +106,48 @@ def fixed_batch_rollout(model: Transformer, prompts: Sequence[Sequence[int]], gr
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("overrides", nargs="*", help="train's overrides (hardware=16gb, mode.group_size=16, ...): the run "
+                                                 "whose rollouts are measured; mode=grpo is implied")
     p.add_argument("--checkpoint", help="a run directory or checkpoint to roll out (default: random weights)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16: autocast over float32 weights, as hardware.dtype=bfloat16 trains")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the CPU preset's hardware.threads)")
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--prompts", type=int, default=4, help="prompts per rollout (train.batch_size)")
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--rollouts", type=int, default=10, help="timed rollouts per sampler")
-    p.add_argument("--steps", type=int, default=5, help="timed GRPO steps (0: skip the step split)")
+    p.add_argument("--steps", type=int, default=5, help="timed GRPO steps per sampler (0: skip the step split)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.exit(2, "error: --device cuda: torch.cuda.is_available() is False on this machine; use --device cpu\n")
-    for name in ("prompts", "group_size", "max_new_tokens", "rollouts", "dim", "layers", "heads"):
-        if getattr(args, name) < 1:
-            p.exit(2, f"error: --{name.replace('_', '-')}={getattr(args, name)}: must be >= 1\n")
-    if args.dim % args.heads:
-        p.exit(2, f"error: --dim={args.dim} is not a multiple of --heads={args.heads}\n")
+    if args.rollouts < 1 or args.steps < 0:
+        p.exit(2, f"error: --rollouts={args.rollouts} must be >= 1 and --steps={args.steps} >= 0\n")
     return args
 
 
-def grpo_config(args: argparse.Namespace) -> Config:
-    cfg = Config()
-    cfg.mode.name = "grpo"
-    cfg.mode.group_size, cfg.mode.max_new_tokens, cfg.mode.temperature = (args.group_size, args.max_new_tokens,
-                                                                           args.temperature)
-    cfg.model = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=min(2, args.heads),
-                            max_seq_len=512)
-    cfg.data.seq_len = 128 + args.max_new_tokens
-    cfg.train.batch_size = args.prompts
-    return cfg
+def grpo_config(overrides: Sequence[str]) -> Config:
+    """The run's config as `python -m zer02llm.train mode=grpo <overrides>` composes and checks it; exit 2 on a
+    bad one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from zer02llm.config import ConfigError, register_configs
+    from zer02llm.resources import shipped_path
+    from zer02llm.train import checked_config
+
+    register_configs()
+    overrides = ["mode=grpo", *overrides]
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(shipped_path("conf"))):
+            return checked_config(compose(config_name="config", overrides=overrides), overrides)
+    except (ConfigError, HydraException, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
-def load_model(args: argparse.Namespace, cfg: Config) -> Transformer:
-    if args.checkpoint:
+def load_model(checkpoint: Optional[str], cfg: Config, device: torch.device) -> Transformer:
+    if checkpoint:
         from zer02llm.inference.loading import load_for_inference
 
-        model = load_for_inference(args.checkpoint, device=args.device).model
+        model = load_for_inference(checkpoint, device=str(device)).model
         cfg.model = model.cfg
     else:
-        torch.manual_seed(0)
+        torch.manual_seed(cfg.train.seed)
         model = Transformer(cfg.model)
-    return model.to(args.device).float().train()
+    return model.to(device).float().train()
 
 
 def load_average() -> str:
@@ -161,97 +157,132 @@ def load_average() -> str:
         return "n/a"
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def time_samplers(model: Transformer, prompts: list[list[int]], args: argparse.Namespace, eos_id: int,
-                  autocast) -> dict[str, dict[str, float]]:
-    G, new, T = args.group_size, args.max_new_tokens, args.temperature
+def time_samplers(model: Transformer, prompts: list[list[int]], mode, rollouts: int, eos_id: int, autocast,
+                  device: torch.device) -> dict[str, dict[str, float]]:
+    """Median tokens/s and ms of each sampler over `rollouts` rollouts, the samplers taking turns (a change of
+    the machine's load falls on all of them alike)."""
+    G, new, T = mode.group_size, mode.max_new_tokens, mode.temperature
     kept = Rollouts(model, autocast)
     samplers = {
         "fixed batch (before)": lambda s: fixed_batch_rollout(model, prompts, G, new, T, eos_id, s, autocast),
         "engine, kept (GRPO)": lambda s: kept.sample(prompts, G, new, T, eos_id, s),
         "engine, new per rollout": lambda s: rollout(model, prompts, G, new, T, eos_id, s, autocast),
     }
-    results = {}
-    for name, sample in samplers.items():
-        seconds, tokens = [], []
-        for r in range(args.rollouts + 1):  # the first is a warm-up (allocation, CUDA graph capture)
-            seeds = [prompt_seed(0, r, i) for i in range(len(prompts))]
+    seconds: dict[str, list[float]] = defaultdict(list)
+    tokens: dict[str, list[int]] = defaultdict(list)
+    for r in range(rollouts + 1):  # the first is a warm-up (allocation, CUDA graph capture)
+        seeds = [prompt_seed(0, r, i) for i in range(len(prompts))]
+        for name, sample in samplers.items():
             model.eval()
-            sync(args.device)
+            sync(device)
             started = time.perf_counter()
             with torch.no_grad():
                 out = sample(seeds)
-            sync(args.device)
+            sync(device)
             model.train()
             if r:
-                seconds.append(time.perf_counter() - started)
-                tokens.append(sum(map(len, out)))
-        rates = [n / s for n, s in zip(tokens, seconds)]
-        results[name] = {"tokens_per_s": statistics.median(rates), "ms_per_rollout": 1e3 * statistics.median(seconds),
-                         "tokens_per_rollout": statistics.mean(tokens)}
+                seconds[name].append(time.perf_counter() - started)
+                tokens[name].append(sum(map(len, out)))
+    results = {}
+    for name in samplers:
+        rates = [n / t for n, t in zip(tokens[name], seconds[name])]
+        results[name] = {"tokens_per_s": statistics.median(rates), "ms_per_rollout": 1e3 * statistics.median(seconds[name]),
+                         "tokens_per_rollout": statistics.mean(tokens[name])}
     return results
 
 
-def time_steps(model: Transformer, cfg: Config, tokenizer, args: argparse.Namespace, autocast) -> dict[str, float]:
-    """GRPO steps as the trainer runs them (one micro-batch): make_rollouts, then forward/backward/AdamW."""
-    device = torch.device(args.device)
-    objective = GRPO(cfg, tokenizer, device)
-    train, _ = objective.datasets()
-    objective.prepare(model, device, autocast)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    roll, learn = [], []
-    for step in range(args.steps + 1):
-        indices = list(range(step * args.prompts, (step + 1) * args.prompts))
-        sync(args.device)
-        started = time.perf_counter()
-        batches = objective.step_batches(lambda: [train.batch(indices)], step)
-        sync(args.device)
-        middle = time.perf_counter()
-        for batch in batches:
-            with autocast():
-                loss = objective.compute(model, tuple(t.to(device) for t in batch)).loss
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(args.device)
-        if step:  # the first is a warm-up
-            roll.append(middle - started)
-            learn.append(time.perf_counter() - middle)
-    r, t = statistics.median(roll), statistics.median(learn)
-    return {"rollout_ms": 1e3 * r, "train_ms": 1e3 * t, "rollout_share": r / (r + t),
-            "engines_built": objective.sampler.engines_built}
+class FixedBatchSampler:
+    """The baseline in the objective's place of Rollouts (same .model and .sample)."""
+
+    def __init__(self, model: Transformer, autocast):
+        self.model, self.autocast = model, autocast
+
+    def sample(self, prompts, group_size, max_new_tokens, temperature, eos_id, seeds) -> list[list[int]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return fixed_batch_rollout(self.model, prompts, group_size, max_new_tokens, temperature, eos_id, seeds,
+                                       self.autocast)
+        finally:
+            self.model.train(was_training)
+
+
+def time_steps(model: Transformer, cfg: Config, tokenizer, steps: int, autocast,
+               device: torch.device) -> dict[str, dict[str, float]]:
+    """GRPO steps as the trainer runs them (one micro-batch a step): the objective's step_batches (a new rollout
+    batch), then forward, backward and the run's optimizer step. Two copies of the model train side by side,
+    one rolling out with the fixed-batch sampler, one through the engine, taking turns step by step."""
+    from zer02llm.training.optim import build_optimizer
+
+    runs = {}
+    for name in ("fixed batch (before)", "engine, kept (GRPO)"):
+        policy = copy.deepcopy(model)
+        objective = GRPO(cfg, tokenizer, device)
+        train, _ = objective.datasets()
+        objective.prepare(policy, device, autocast)
+        if name.startswith("fixed"):
+            objective.sampler = FixedBatchSampler(policy, autocast)
+        runs[name] = (policy, objective, train, build_optimizer(policy, cfg, device), [], [])
+    P = cfg.train.batch_size
+    for step in range(steps + 1):
+        indices = [(step * P + i) % len(train) for i in range(P)]
+        for policy, objective, train, optimizer, roll, learn in runs.values():
+            sync(device)
+            started = time.perf_counter()
+            batches = objective.step_batches(lambda: [train.batch(indices)], step)
+            sync(device)
+            middle = time.perf_counter()
+            for batch in batches:
+                with autocast():
+                    loss = objective.compute(policy, tuple(t.to(device) for t in batch)).loss
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            if step:  # the first is a warm-up
+                roll.append(middle - started)
+                learn.append(time.perf_counter() - middle)
+    out = {}
+    for name, (*_, roll, learn) in runs.items():
+        r, t = statistics.median(roll), statistics.median(learn)
+        out[name] = {"rollout_ms": 1e3 * r, "train_ms": 1e3 * t, "rollout_share": r / (r + t)}
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    cfg = grpo_config(args.overrides)
+    from zer02llm.hardware import resolve_device, set_threads
     from zer02llm.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.load()
-    cfg = grpo_config(args)
-    model = load_model(args, cfg)
-    dtype = {"float32": None, "bfloat16": torch.bfloat16}[args.dtype]
+    set_threads(cfg.hardware.threads)
+    device, dtype = resolve_device(cfg.hardware)
+    tokenizer = Tokenizer.load(cfg.tokenizer.path)
+    model = load_model(args.checkpoint, cfg, device)
 
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(args.device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    def autocast() -> contextlib.AbstractContextManager:  # the trainer's
+        return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
-    objective = GRPO(cfg, tokenizer, torch.device(args.device))
+    objective = GRPO(cfg, tokenizer, device)
     train, _ = objective.datasets()
-    prompts = [train.ids[i] for i in range(args.prompts)]
+    prompts = [train.ids[i] for i in range(cfg.train.batch_size)]
+    mode = cfg.mode
     load_before = load_average()
-    samplers = time_samplers(model, prompts, args, tokenizer.eos_id, autocast)
-    steps = time_steps(model, cfg, tokenizer, args, autocast) if args.steps else None
+    samplers = time_samplers(model, prompts, mode, args.rollouts, tokenizer.eos_id, autocast, device)
+    steps = time_steps(model, cfg, tokenizer, args.steps, autocast, device) if args.steps else {}
     load_after = load_average()
 
     shape = f"dim {cfg.model.dim}, {cfg.model.n_layers} layers, {cfg.model.n_heads} heads, vocab {cfg.model.vocab_size}"
-    print(f"\nGRPO rollouts: {args.prompts} prompts x {args.group_size} completions, max_new_tokens "
-          f"{args.max_new_tokens}, temperature {args.temperature}; {shape}; {args.device} {args.dtype}, "
-          f"{args.threads} thread(s); {'weights of ' + args.checkpoint if args.checkpoint else 'random weights'}; "
+    dtype_name = str(dtype).removeprefix("torch.")
+    print(f"\nGRPO rollouts: {len(prompts)} prompts x {mode.group_size} completions, max_new_tokens "
+          f"{mode.max_new_tokens}, temperature {mode.temperature}; {shape}; {device.type} {dtype_name}, "
+          f"{torch.get_num_threads()} thread(s); {'weights of ' + args.checkpoint if args.checkpoint else 'random weights'}; "
           f"prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens")
     print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after\n")
     base = samplers["fixed batch (before)"]["tokens_per_s"]
@@ -261,14 +292,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"| {name:<24} | {r['tokens_per_s']:>9.0f} | {r['tokens_per_s'] / base:>8.2f} | "
               f"{r['ms_per_rollout']:>10.1f} | {r['tokens_per_rollout']:>14.1f} |")
     if steps:
-        print(f"\nGRPO step (median of {args.steps}): making the rollout batch {steps['rollout_ms']:.0f} ms, "
-              f"training on it {steps['train_ms']:.0f} ms: {100 * steps['rollout_share']:.0f}% of the step "
-              f"generating ({steps['engines_built']} engine built)")
+        print(f"\nGRPO steps (median of {args.steps}; rollout batch: sampling, scoring{', log-probs' if mode.beta > 0 or mode.updates_per_rollout > 1 else ''}; "
+              f"training: forward, backward, optimizer step):\n")
+        print(f"| {'sampler':<24} | {'rollout batch ms':>16} | {'training ms':>11} | {'generating share':>16} |")
+        print(f"| {'-' * 24} | {'-' * 16} | {'-' * 11} | {'-' * 16} |")
+        for name, r in steps.items():
+            print(f"| {name:<24} | {r['rollout_ms']:>16.0f} | {r['train_ms']:>11.0f} | "
+                  f"{100 * r['rollout_share']:>15.0f}% |")
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
-                                                      for k, v in vars(args).items()},
+        args.json.write_text(json.dumps({"overrides": args.overrides, "checkpoint": args.checkpoint,
                                          "load_average": [load_before, load_after], "samplers": samplers,
-                                         "step": steps}, indent=2) + "\n")
+                                         "steps": steps}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -61,18 +61,23 @@ class Rollouts:
     def _engine(self, num_seqs: int, num_blocks: int, longest: int, prompt_tokens: int) -> LLMEngine:
         """The kept engine, its prefix cache emptied; a new one when it is too small for this rollout."""
         engine = self.engine
+        graphs = engine is not None and engine.runner.graphs is not None
         if (engine is not None and engine.config.max_batch >= num_seqs and engine.blocks.num_blocks >= num_blocks
-                and engine.config.cuda_graph_max_len >= longest):
+                and (not graphs or engine.config.cuda_graph_max_len >= longest)):
             engine.reset_prefix_cache()
             return engine
         old = engine.config if engine is not None else None
-        blocks = max(num_blocks, 2 * engine.blocks.num_blocks if engine is not None else 0)
+        # room to spare (twice the cache, CUDA graphs over a power-of-two context): rebuilding, which on a GPU
+        # captures the graphs again, stays rare when later prompts run a little longer
+        blocks = 2 * max(num_blocks, engine.blocks.num_blocks if engine is not None else 0)
         max_batch = max(num_seqs, old.max_batch if old else 0)
+        width = min(1 << (max(longest, old.cuda_graph_max_len if old else 1) - 1).bit_length(),
+                    self.model.cfg.max_seq_len)
         # every sequence at once (no one waits for a place, nothing is preempted), every prompt in one step
         config = EngineConfig(max_batch=max_batch, kv_budget_tokens=blocks * self.block_size,
                               block_size=self.block_size, prefill_chunk=max(512, prompt_tokens),
                               max_queue=max_batch, prefix_caching=True, cuda_graphs=self.cuda_graphs,
-                              cuda_graph_max_len=max(longest, old.cuda_graph_max_len if old else 0))
+                              cuda_graph_max_len=width)
         self.engine = None  # the old cache's memory goes before the new one's is taken
         was_training = self.model.training
         self.engine = LLMEngine(self.model, config=config, compute_dtype=self.compute_dtype)
