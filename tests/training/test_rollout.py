@@ -10,9 +10,10 @@ import contextlib
 import pytest
 import torch
 
-from zer02llm.config import ModelConfig
+from zer02llm.config import ModelConfig, MoEConfig
 from zer02llm.inference.engine import LLMEngine
 from zer02llm.model import Transformer
+from zer02llm.model.lora import apply_lora, lora_parameters
 from zer02llm.training.rollout import Rollouts, prompt_seed, rollout
 
 from conftest import randomize
@@ -148,6 +149,24 @@ def test_a_larger_rollout_gets_a_larger_engine_and_the_same_samples():
     got = sampler.sample(large, 4, 12, 1.0, EOS, [3, 4, 5, 6, 7])
     assert sampler.engines_built == 2 and sampler.engine.config.max_batch >= 20
     assert got == naive_group(model, large, 4, 12, 1.0, EOS, [3, 4, 5, 6, 7])
+
+
+@pytest.mark.parametrize("kind", ["lora", "moe"])
+def test_lora_and_moe_models_roll_out_as_the_naive_sampler(kind):
+    torch.manual_seed(0)
+    if kind == "moe":
+        model = randomize(Transformer(MoEConfig(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_kv_heads=1,
+                                                max_seq_len=64, num_experts=4, experts_per_token=2)).double())
+    else:
+        model = small_model()
+        apply_lora(model, rank=4, alpha=8.0, dropout=0.1)  # dropout: off while rolling out
+        with torch.no_grad():
+            for p in lora_parameters(model):
+                p.normal_(0, 0.3)  # adapters that change the outputs
+    prompts, seeds = prompts_of([6, 13, 9]), [1, 2, 3]
+    got = Rollouts(model, block_size=BLOCK).sample(prompts, 3, 8, 1.0, EOS, seeds)
+    model.eval()
+    assert got == naive_group(model, prompts, 3, 8, 1.0, EOS, seeds)
 
 
 def test_under_bf16_autocast_the_engine_computes_and_caches_in_bf16():
