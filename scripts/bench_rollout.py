@@ -104,8 +104,8 @@ def fixed_batch_rollout(model: Transformer, prompts: Sequence[Sequence[int]], gr
 
 # ---------------------------------------------------------------------------------------------- setup
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="train's overrides (hardware=16gb, mode.group_size=16, ...): the run "
                                                  "whose rollouts are measured; mode=grpo is implied")
     p.add_argument("--checkpoint", help="a run directory or checkpoint to roll out (default: random weights)")
@@ -192,7 +192,8 @@ def time_samplers(model: Transformer, prompts: list[list[int]], mode, rollouts: 
     results = {}
     for name in samplers:
         rates = [n / t for n, t in zip(tokens[name], seconds[name])]
-        results[name] = {"tokens_per_s": statistics.median(rates), "ms_per_rollout": 1e3 * statistics.median(seconds[name]),
+        results[name] = {"tokens_per_s": statistics.median(rates),
+                         "ms_per_rollout": 1e3 * statistics.median(seconds[name]),
                          "tokens_per_rollout": statistics.mean(tokens[name])}
     return results
 
@@ -280,9 +281,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     shape = f"dim {cfg.model.dim}, {cfg.model.n_layers} layers, {cfg.model.n_heads} heads, vocab {cfg.model.vocab_size}"
     dtype_name = str(dtype).removeprefix("torch.")
+    weights = f"weights of {args.checkpoint}" if args.checkpoint else "random weights"
     print(f"\nGRPO rollouts: {len(prompts)} prompts x {mode.group_size} completions, max_new_tokens "
           f"{mode.max_new_tokens}, temperature {mode.temperature}; {shape}; {device.type} {dtype_name}, "
-          f"{torch.get_num_threads()} thread(s); {'weights of ' + args.checkpoint if args.checkpoint else 'random weights'}; "
+          f"{torch.get_num_threads()} thread(s); {weights}; "
           f"prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens")
     print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after\n")
     base = samplers["fixed batch (before)"]["tokens_per_s"]
@@ -292,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"| {name:<24} | {r['tokens_per_s']:>9.0f} | {r['tokens_per_s'] / base:>8.2f} | "
               f"{r['ms_per_rollout']:>10.1f} | {r['tokens_per_rollout']:>14.1f} |")
     if steps:
-        print(f"\nGRPO steps (median of {args.steps}; rollout batch: sampling, scoring{', log-probs' if mode.beta > 0 or mode.updates_per_rollout > 1 else ''}; "
+        logps = ", log-probs" if mode.beta > 0 or mode.updates_per_rollout > 1 else ""
+        print(f"\nGRPO steps (median of {args.steps}; rollout batch: sampling, scoring{logps}; "
               f"training: forward, backward, optimizer step):\n")
         print(f"| {'sampler':<24} | {'rollout batch ms':>16} | {'training ms':>11} | {'generating share':>16} |")
         print(f"| {'-' * 24} | {'-' * 16} | {'-' * 11} | {'-' * 16} |")

@@ -55,7 +55,8 @@ def naive(model, prompt, max_new, temperature, eos, seed=None) -> list[int]:
 
 def naive_group(model, prompts, group_size, max_new, temperature, eos, seeds) -> list[list[int]]:
     """Prompt-major: sample g of prompt p draws from a generator seeded seeds[p] + g."""
-    return [naive(model, p, max_new, temperature, eos, s + g) for p, s in zip(prompts, seeds) for g in range(group_size)]
+    return [naive(model, p, max_new, temperature, eos, s + g)
+            for p, s in zip(prompts, seeds) for g in range(group_size)]
 
 
 def test_greedy_rollouts_equal_naive_batch_one_decoding():
@@ -138,6 +139,7 @@ def test_prompts_the_model_cannot_continue_are_refused():
         rollout(model, [[]], 2, 10, 1.0, None, [5])
     with pytest.raises(ValueError, match="2 seeds for 1 prompts"):
         rollout(model, [[1]], 2, 10, 1.0, None, [5, 6])
+    assert rollout(model, [], 2, 10, 1.0, None, []) == []  # a rank with no prompts to validate
     assert model.training
 
 

@@ -1,20 +1,20 @@
 """Reinforcement learning with verifiable rewards (mode=grpo): rollouts scored by a program, GRPO's loss.
 
 Every mode.updates_per_rollout steps the objective draws the step's prompts (train.grad_accum
-micro-batches of train.batch_size prompts on each rank), samples mode.group_size completions of each
-from the current weights through the inference engine (rollout.py), scores them (rewards.py, the `reward` group) and turns each
-micro-batch into a training batch: prompt + completion, the completion's tokens as targets, each
-completion's advantage within its group, and, when needed, the log-probs of the weights that sampled
-(updates_per_rollout > 1) and of the starting weights (beta > 0). The steps then train on those batches
-through the loss of grpo_loss.py; the Trainer's step, accumulation and DDP are the same as any mode's.
-Every log-prob (policy, sampler, reference) and the entropy are those of the logits divided by
-mode.temperature: the distribution the completions were drawn from (as TRL does).
+micro-batches of train.batch_size prompts on each rank), samples mode.group_size completions of each from
+the current weights through the inference engine (rollout.py), scores them (rewards.py, the `reward`
+group) and turns each micro-batch into a training batch: prompt + completion, the completion's tokens as
+targets, each completion's advantage within its group, and, when needed, the log-probs of the weights
+that sampled (updates_per_rollout > 1) and of the starting weights (beta > 0). The steps then train on
+those batches through the loss of grpo_loss.py; the Trainer's step, accumulation and DDP are the same as
+any mode's. Every log-prob (policy, sampler, reference) and the entropy are those of the logits divided
+by mode.temperature: the distribution the completions were drawn from (as TRL does).
 
 The reference for the KL term is a frozen copy of the starting weights, held only when beta > 0, and
 its log-probs are computed once per rollout batch. Sampling needs no RNG state: each completion of a
 rollout draws from its own generator, seeded by (train.seed, rollout number, prompt index) plus its place
-in the group, so a resumed run samples what the uninterrupted one did, and a checkpoint taken between the updates of one rollout
-batch holds that batch.
+in the group, so a resumed run samples what the uninterrupted one did, and a checkpoint taken between the
+updates of one rollout batch holds that batch.
 
 Figures: the rollout's (all ranks') reward mean, reward_std (the mean of each group's std: how much a
 group tells apart), accuracy (answer terms all right), response_length (tokens, eos included),

@@ -91,6 +91,8 @@ class Rollouts:
         """group_size completions of each prompt, prompt-major: result[p * group_size + g]."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+        if not prompts:
+            return []
         max_len = self.model.cfg.max_seq_len
         for p, ids in enumerate(prompts):
             if not ids:
