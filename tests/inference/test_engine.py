@@ -226,6 +226,22 @@ def test_a_seeded_request_samples_the_same_alone_and_among_eight_others(dtype):
     assert alone == list(reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_temperature_only_requests_drawn_together_equal_batch_one_draws(dtype):
+    """Rows with a temperature alone share a softmax per temperature (the sampler's batched path, RL's
+    rollouts): each still draws what batch-1 generation draws from a generator seeded alike."""
+    model = make_model(dtype=dtype)
+    prompts = prompts_of([7, 12, 3, 20, 9, 15], seed=21)
+    temperatures = [1.0, 0.6, 1.0, 1.4, 0.6, 1.0]
+    llm = LLM.from_model(model, block_size=4, max_batch=6)
+    outs = llm.generate(prompts, [SamplingParams(max_tokens=20, temperature=t, seed=40 + i)
+                                  for i, t in enumerate(temperatures)])
+    for i, (prompt, t) in enumerate(zip(prompts, temperatures)):
+        reference = sampling.generate(model, prompt, 20, sampling.SamplingParams(t, 0, 1.0, 1.0), None,
+                                      torch.Generator().manual_seed(40 + i))
+        assert outs[i].outputs[0].token_ids == list(reference), i
+
+
 def test_penalties_stop_tokens_and_logprobs(dense):
     prompt = prompts_of([20], seed=12)[0]
     llm = LLM.from_model(dense, block_size=4)

@@ -1,20 +1,20 @@
 """Reinforcement learning with verifiable rewards (mode=grpo): rollouts scored by a program, GRPO's loss.
 
 Every mode.updates_per_rollout steps the objective draws the step's prompts (train.grad_accum
-micro-batches of train.batch_size prompts on each rank), samples mode.group_size completions of each
-from the current weights (rollout.py), scores them (rewards.py, the `reward` group) and turns each
-micro-batch into a training batch: prompt + completion, the completion's tokens as targets, each
-completion's advantage within its group, and, when needed, the log-probs of the weights that sampled
-(updates_per_rollout > 1) and of the starting weights (beta > 0). The steps then train on those batches
-through the loss of grpo_loss.py; the Trainer's step, accumulation and DDP are the same as any mode's.
-Every log-prob (policy, sampler, reference) and the entropy are those of the logits divided by
-mode.temperature: the distribution the completions were drawn from (as TRL does).
+micro-batches of train.batch_size prompts on each rank), samples mode.group_size completions of each from
+the current weights through the inference engine (rollout.py), scores them (rewards.py, the `reward`
+group) and turns each micro-batch into a training batch: prompt + completion, the completion's tokens as
+targets, each completion's advantage within its group, and, when needed, the log-probs of the weights
+that sampled (updates_per_rollout > 1) and of the starting weights (beta > 0). The steps then train on
+those batches through the loss of grpo_loss.py; the Trainer's step, accumulation and DDP are the same as
+any mode's. Every log-prob (policy, sampler, reference) and the entropy are those of the logits divided
+by mode.temperature: the distribution the completions were drawn from (as TRL does).
 
 The reference for the KL term is a frozen copy of the starting weights, held only when beta > 0, and
-its log-probs are computed once per rollout batch. Sampling needs no RNG state: each prompt of a
-rollout draws from its own generator seeded by (train.seed, rollout number, prompt index), so a resumed
-run samples what the uninterrupted one did, and a checkpoint taken between the updates of one rollout
-batch holds that batch.
+its log-probs are computed once per rollout batch. Sampling needs no RNG state: each completion of a
+rollout draws from its own generator, seeded by (train.seed, rollout number, prompt index) plus its place
+in the group, so a resumed run samples what the uninterrupted one did, and a checkpoint taken between the
+updates of one rollout batch holds that batch.
 
 Figures: the rollout's (all ranks') reward mean, reward_std (the mean of each group's std: how much a
 group tells apart), accuracy (answer terms all right), response_length (tokens, eos included),
@@ -44,7 +44,7 @@ from zer02llm.training import distributed
 from zer02llm.training.grpo_loss import entropy, group_advantages, reduce_losses, token_logps, token_losses, units
 from zer02llm.training.objective import Autocast, Batch, Computed, Dataset, Objective
 from zer02llm.training.rewards import Rewards
-from zer02llm.training.rollout import prompt_seed, rollout
+from zer02llm.training.rollout import Rollouts, prompt_seed
 
 log = logging.getLogger(__name__)
 ROLLOUT_FIGURES = ("reward", "reward_std", "accuracy", "response_length", "reward_errors", "rollout_seconds",
@@ -67,6 +67,7 @@ class GRPO(Objective):
         self.model: Optional[torch.nn.Module] = None
         self.reference: Optional[torch.nn.Module] = None
         self.device, self.autocast = device, None
+        self.sampler: Optional[Rollouts] = None  # the engine that rolls out, kept across rollouts
         self.rollouts: list[Batch] = []  # the current rollout batch: one training batch per micro-batch
         self.figures: dict[str, float] = {}  # its rollout figures, all ranks'
 
@@ -98,9 +99,11 @@ class GRPO(Objective):
                  temperature: float, seed_parts: tuple, autocast: Autocast) -> tuple[list[list[int]], torch.Tensor,
                                                                                      torch.Tensor, int]:
         """Completions of each prompt (prompt-major), their rewards and correctness (P, G), reward errors."""
-        completions = rollout(model, [dataset.ids[i] for i in indices], group_size, self.mode.max_new_tokens,
-                              temperature, self.tokenizer.eos_id, [prompt_seed(*seed_parts, i) for i in indices],
-                              autocast)
+        if self.sampler is None or self.sampler.model is not model:
+            self.sampler = Rollouts(model, autocast)
+        completions = self.sampler.sample([dataset.ids[i] for i in indices], group_size, self.mode.max_new_tokens,
+                                          temperature, self.tokenizer.eos_id,
+                                          [prompt_seed(*seed_parts, i) for i in indices])
         rewards = torch.zeros(len(indices) * group_size, dtype=torch.float64)
         correct = torch.zeros(len(indices) * group_size, dtype=torch.bool)
         errors = 0

@@ -170,6 +170,18 @@ class BlockManager:
         seq.num_computed = 0
         self._hashes.pop(seq.seq_id, None)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: later sequences compute their prompts afresh. For when the weights
+        changed (RL: a rollout after an optimizer step must not reuse keys and values of older weights).
+        Only when no sequence holds a block."""
+        if self.num_free != self.num_blocks:
+            raise RuntimeError(f"reset_prefix_cache with {self.num_blocks - self.num_free} blocks still held: "
+                               f"finish or cancel the running requests first")
+        for block in self.blocks:
+            block.hash, block.token_ids, block.pending = None, (), None
+        self.cached.clear()
+        self.pending.clear()
+
     def slot(self, seq: Sequence, index: int) -> int:
         return seq.block_table[index // self.block_size] * self.block_size + index % self.block_size
 

@@ -40,7 +40,8 @@ class QueueFull(Exception):
 
 class LLMEngine:
     def __init__(self, model: Transformer, tokenizer=None, config: Optional[EngineConfig] = None,
-                 eos_id: Optional[int] = None):
+                 eos_id: Optional[int] = None, compute_dtype: Optional[torch.dtype] = None):
+        """compute_dtype: run the forward under autocast to it, the KV cache in it (None: the weights' dtype)."""
         self.config = config = config or EngineConfig()
         if problems := engine_problems(config):
             raise ValueError("; ".join(problems))
@@ -52,7 +53,8 @@ class LLMEngine:
         num_blocks = max(1, config.kv_budget_tokens // config.block_size)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_batch, config.prefill_chunk)
-        self.runner = ModelRunner(model, self.blocks, config.max_batch, config.cuda_graphs, config.cuda_graph_max_len)
+        self.runner = ModelRunner(model, self.blocks, config.max_batch, config.cuda_graphs, config.cuda_graph_max_len,
+                                  compute_dtype)
         self.sampler = Sampler(model.cfg.vocab_size, self.device)
         self._inbox: deque[Sequence] = deque()
         self._lock = threading.Lock()
@@ -112,6 +114,12 @@ class LLMEngine:
                 "kv_blocks": self.blocks.num_blocks, "kv_blocks_free": self.blocks.num_free,
                 "kv_block_size": self.blocks.block_size, "prefix_hit_tokens": self.blocks.hit_tokens,
                 "preemptions": self.scheduler.preemptions}
+
+    def reset_prefix_cache(self) -> None:
+        """Forget the cached prompt prefixes (after the model's weights changed); only while idle."""
+        if self.has_work():
+            raise RuntimeError("reset_prefix_cache while requests run: wait for them to finish first")
+        self.blocks.reset_prefix_cache()
 
     # ------------------------------------------------------------------ stepping (the engine's thread)
     def has_work(self) -> bool:

@@ -11,10 +11,16 @@ up to max_batch), each over a context of cuda_graph_max_len slots, the rows past
 that writes into a scratch slot. A step that does not fit (prefill in it, a longer context) runs eagerly.
 A model whose forward cannot be captured (e.g. an MoE layer that needs the host) warns once and runs
 eagerly. The CPU always runs eagerly.
+
+compute_dtype (e.g. bfloat16 for a float32 model being trained under autocast, as GRPO's rollouts): every
+forward runs under torch.autocast to that dtype and the cache holds keys and values in it. The autocast's
+weight cache is off, so a CUDA graph casts the weights as they are at each replay (a training step updates
+them in place between rollouts) instead of keeping the copies made when it was captured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import Optional
@@ -36,18 +42,26 @@ def graph_buckets(max_batch: int) -> list[int]:
 
 class ModelRunner:
     def __init__(self, model: Transformer, blocks: BlockManager, max_batch: int, cuda_graphs: bool = True,
-                 cuda_graph_max_len: int = 2048):
+                 cuda_graph_max_len: int = 2048, compute_dtype: Optional[torch.dtype] = None):
         self.model, self.blocks = model, blocks
         self.bs = blocks.block_size
         self.device = model.tok_embeddings.weight.device
+        weights = model.tok_embeddings.weight.dtype
+        self.compute_dtype = compute_dtype if compute_dtype not in (None, weights) else None
         # one slot past the budget: where the padding rows of a CUDA graph write
-        self.cache = model.new_paged_cache(blocks.num_blocks * self.bs + 1)
+        self.cache = model.new_paged_cache(blocks.num_blocks * self.bs + 1, self.compute_dtype)
         self.scratch = blocks.num_blocks * self.bs
         self._offsets = torch.arange(self.bs)
         self.graphs: Optional[DecodeGraphs] = None
         if cuda_graphs and self.device.type == "cuda":
             width = min(cuda_graph_max_len, model.cfg.max_seq_len, blocks.capacity)
             self.graphs = DecodeGraphs(self, graph_buckets(max_batch), width)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward's autocast to compute_dtype (none without one); no weight cache (see the module's doc)."""
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, cache_enabled=False)
 
     def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         """Slots of token indices start..end-1 of a sequence with this block table (CPU, long)."""
@@ -68,20 +82,24 @@ class ModelRunner:
             if logits is not None:
                 picked = [position[id(w)] for w, r in zip(work, rows) for _ in r]
                 return logits[picked]
-        tokens, positions, slots, logit_rows = [], [], [], []
-        row_start: dict[int, int] = {}
-        n = 0
-        for w in ordered:
-            seq = w.seq
+        # decoding rows in plain Python (one token each: a handful of integers, no small tensors per row),
+        # prompt chunks as tensors (they may be long)
+        bs = self.bs
+        tokens = [w.seq.tokens[w.start] for w in decode]
+        positions = [w.start for w in decode]
+        slots = [torch.tensor([w.seq.block_table[w.start // bs] * bs + w.start % bs for w in decode],
+                              dtype=torch.long)]
+        row_start: dict[int, int] = {id(w): i for i, w in enumerate(decode)}
+        n = len(decode)
+        for w in prefill:
             row_start[id(w)] = n
-            tokens.extend(seq.tokens[w.start:w.start + w.count])
-            positions.append(torch.arange(w.start, w.start + w.count))
-            slots.append(self._slots(seq.block_table, w.start, w.start + w.count))
+            tokens.extend(w.seq.tokens[w.start:w.start + w.count])
+            positions.extend(range(w.start, w.start + w.count))
+            slots.append(self._slots(w.seq.block_table, w.start, w.start + w.count))
             n += w.count
-        for w, r in zip(work, rows):
-            logit_rows.extend(row_start[id(w)] + j - w.start for j in r)
-        batch = PagedBatch(positions=torch.cat(positions).to(self.device), slots=torch.cat(slots).to(self.device),
-                           num_decode=len(decode),
+        logit_rows = [row_start[id(w)] + j - w.start for w, r in zip(work, rows) for j in r]
+        batch = PagedBatch(positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+                           slots=torch.cat(slots).to(self.device), num_decode=len(decode),
                            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=self.device))
         if decode:
             lengths = torch.tensor([w.start + 1 for w in decode])
@@ -91,17 +109,17 @@ class ModelRunner:
             start = row_start[id(w)]
             batch.prefills.append(PrefillSegment(start, start + w.count,
                                                  self._slots(w.seq.block_table, 0, w.start + w.count).to(self.device)))
-        return self.model.forward_paged(torch.tensor(tokens, device=self.device), self.cache, batch)
+        with self.autocast():
+            return self.model.forward_paged(torch.tensor(tokens, device=self.device), self.cache, batch)
 
     def _decode_context(self, decode: list[Work], width: int, lengths: torch.Tensor,
                         pad_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(slots (B, width), mask (B, 1, 1, width)) of decoding sequences' contexts; B = len(decode) + pad_rows,
         padding rows attend only the scratch slot."""
         num_blocks = -(-width // self.bs)
-        tables = torch.full((len(decode) + pad_rows, num_blocks), 0, dtype=torch.long)
-        for i, w in enumerate(decode):
-            table = w.seq.block_table[:num_blocks]
-            tables[i, :len(table)] = torch.tensor(table, dtype=torch.long)
+        rows = [w.seq.block_table[:num_blocks] for w in decode]
+        tables = torch.tensor([row + [0] * (num_blocks - len(row)) for row in rows] + [[0] * num_blocks] * pad_rows,
+                              dtype=torch.long).view(len(decode) + pad_rows, num_blocks)
         slots = (tables.unsqueeze(2) * self.bs + self._offsets).flatten(1)[:, :width]
         columns = torch.arange(width)
         mask = columns.unsqueeze(0) < lengths.unsqueeze(1)
@@ -168,7 +186,8 @@ class DecodeGraphs:
                            decode_slots=inputs["decode_slots"], decode_mask=inputs["decode_mask"])
 
         def forward() -> torch.Tensor:
-            return runner.model.forward_paged(inputs["tokens"], runner.cache, batch)
+            with runner.autocast():
+                return runner.model.forward_paged(inputs["tokens"], runner.cache, batch)
 
         with torch.inference_mode():
             stream = torch.cuda.Stream()

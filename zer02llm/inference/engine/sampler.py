@@ -1,9 +1,12 @@
 """Choosing each sequence's next token from its logits, every sequence with its own settings.
 
-Greedy rows without penalties are one argmax over the batch. Every other row goes through
-`sampling.next_token`, the rule that batch-1 generation uses (repetition penalty, temperature, top-k,
-top-p, then a draw from the request's own generator), after OpenAI's presence and frequency penalties:
-so a seeded request draws the same tokens alone or among others, and the same as `sampling.generate`.
+Greedy rows without penalties are one argmax over the batch. Rows with a temperature alone (no top-k,
+top-p or penalty, as RL's rollouts) share one softmax per temperature, then each draws from its own
+generator: what `sampling.next_token` computes row by row, without its per-row work. Every other row goes
+through `sampling.next_token`, the rule that batch-1 generation uses (repetition penalty, temperature,
+top-k, top-p, then a draw from the request's own generator), after OpenAI's presence and frequency
+penalties: so a seeded request draws the same tokens alone or among others, and the same as
+`sampling.generate`.
 Log-probabilities are those of the model's distribution (log_softmax of the raw logits).
 """
 
@@ -40,6 +43,16 @@ class Sampler:
             chosen = logits[plain].argmax(dim=-1).tolist()
             for i, t in zip(plain, chosen):
                 tokens[i] = t
+        by_temperature: dict[float, list[int]] = {}
+        for i, seq in enumerate(seqs):
+            p = seq.params
+            if tokens[i] is None and not p.greedy and not p.penalised and p.top_k == 0 and p.top_p == 1.0:
+                by_temperature.setdefault(p.temperature, []).append(i)
+        for temperature, rows in by_temperature.items():
+            # next_token's operations (float, divide by the same float, softmax), on all the rows at once
+            probs = (logits[rows].float() / temperature).softmax(-1)
+            for row, i in zip(probs, rows):
+                tokens[i] = int(torch.multinomial(row, 1, generator=seqs[i].generator))
         for i, seq in enumerate(seqs):
             if tokens[i] is not None:
                 continue
