@@ -110,3 +110,23 @@ def test_a_sharded_model_decodes_one_prompt_at_a_time(model, monkeypatch):
     monkeypatch.setattr("zer02llm.evals.scorer.greedy_batched", lambda *a, **k: pytest.fail("engine used"))
     prompts = prompts_of((4, 9), seed=6)
     assert scorer.generate(prompts, 5, []) == [naive_greedy(model, p, 5) for p in prompts]
+
+
+def test_task_scores_leave_a_training_model_in_training_mode():
+    """train.eval_tasks scores tasks inside training: the engine puts the model in eval mode, and task_scores
+    puts it back; the generative task's replies are the batch-1 path's."""
+    from zer02llm.evals.runner import run_tasks, task_scores
+    from zer02llm.evals.tasks import load_all
+    from zer02llm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load()
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, max_seq_len=256)
+    torch.manual_seed(0)
+    model = randomize(Transformer(cfg), seed=8)
+    tasks = [t for t in load_all(["sample"]) if t.kind == "generative"]
+    model.train()
+    scores = task_scores(model, tokenizer, tasks, limit=3)
+    assert model.training and set(scores) >= {"task/sums/acc", "task/sums/answered", "task/core"}
+    batched = run_tasks(ModelScorer(model), tokenizer, tasks, limit=3)[0].examples
+    alone = run_tasks(ModelScorer(model, batched_replies=False), tokenizer, tasks, limit=3)[0].examples
+    assert [e["reply"] for e in batched] == [e["reply"] for e in alone]

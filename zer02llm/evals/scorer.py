@@ -94,12 +94,13 @@ class ModelScorer:
     LM head. Greedy replies: all prompts at once through the batched engine (evals/generation.py)."""
 
     def __init__(self, model: Transformer, max_len: Optional[int] = None, batch_tokens: int = 8192,
-                 max_batch: int = 64):
+                 max_batch: int = 64, batched_replies: bool = True):
         self.model = model.eval()
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.device = model.tok_embeddings.weight.device
         self.batch_tokens = batch_tokens  # padded tokens per forward (rows x longest row)
         self.max_batch = max_batch  # replies decoded together
+        self.batched_replies = batched_replies  # False: one prompt at a time (the batch-1 path, for comparison)
         self.sharded = hasattr(model, "unshard") and hasattr(model, "reshard")  # FSDP2
 
     @torch.no_grad()
@@ -174,7 +175,7 @@ class ModelScorer:
                              f"{self.max_len} tokens")
         keep = self.max_len - max_new_tokens  # a prompt too long is cut from the left
         prompts = [list(p[-keep:]) for p in prompts]
-        if self.sharded:  # the engine's forward would go around the blocks' FSDP hooks
+        if self.sharded or not self.batched_replies:  # sharded: the engine's forward skips the blocks' FSDP hooks
             return greedy_one_by_one(self.model, prompts, max_new_tokens, stop_ids, stop)
         return greedy_batched(self.model, prompts, max_new_tokens, stop_ids, stop, self.max_batch)
 
