@@ -52,6 +52,7 @@ try:
 except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from zer02llm import hardware
 from zer02llm.config import Config, ModelConfig, MoEConfig, model_problems
 from zer02llm.model import IGNORE_INDEX, Transformer
 from zer02llm.inference.sampling import SamplingParams, StaticDecoder, generate
@@ -61,9 +62,6 @@ SEED = 0
 PROMPT_LEN = 16
 GEN_REPEATS = 3  # timed generations after the warm-up one; the median counts
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# dense (no sparsity) bf16 tensor-core peaks, TFLOP/s; the first key found in the device name wins
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
-                    ("A100", 312.0), ("RTX 3090", 71.0), ("RTX 4090", 165.0)]
 FORMULA = "flops_per_token = 6*N_matmul + 12*n_layers*dim*seq_len; MFU = tokens/s * flops_per_token / peak"
 # the reference shape, without --preset
 SHAPE_DEFAULTS = dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=2, seq_len=256, batch_size=8, vocab_size=6400)
@@ -313,10 +311,9 @@ def peak_tflops(args: argparse.Namespace, device: torch.device) -> tuple[Optiona
     if args.peak_tflops:
         return args.peak_tflops, "--peak-tflops"
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in PEAK_BF16_TFLOPS:
-            if key in name:
-                return tflops, f"table: {key}, dense bf16"
+        known = hardware.peak_tflops(torch.cuda.get_device_name(device))  # dense bf16 peaks by GPU name
+        if known is not None:
+            return known[1], f"table: {known[0]}, dense bf16"
     return None, "unknown: give --peak-tflops"
 
 

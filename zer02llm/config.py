@@ -213,9 +213,50 @@ class TrainConfig:
     eval_tasks: list[str] = field(default_factory=list)
     # the first N items of each of eval_tasks at each evaluation; null: all of them
     eval_tasks_limit: Optional[int] = None
+    # the run's figure that an Optuna search optimises (the training job's return value), a sweep's summary
+    # ranks jobs by and its scaling fit fits: a summary.json figure (final_val_loss, final_val_bpb, final_loss)
+    # or a task score of the last evaluation, task/core or task/<task>/<acc|acc_norm|answered> (train.eval_tasks)
+    sweep_metric: str = "final_val_loss"
+    # minimize or maximize train.sweep_metric; null: maximize a task score (task/...), minimize the others
+    sweep_direction: Optional[str] = None
     # a fresh start into a run directory that holds another run's checkpoints or metrics is refused;
     # true moves that run aside to a sibling <dir>.replaced-<date>-<time> first (nothing is deleted)
     overwrite: bool = False
+
+
+# what train.sweep_metric may name: summary.json's final figures, and the task scores of train.eval_tasks
+SUMMARY_METRICS = ("final_val_loss", "final_val_bpb", "final_loss")
+TASK_METRICS = ("acc", "acc_norm", "answered")
+DIRECTIONS = ("minimize", "maximize")
+
+
+def metric_direction(metric: str, direction: Optional[str] = None) -> str:
+    """train.sweep_direction, or by default: maximize a task score (task/...), minimize a loss."""
+    if direction is not None:
+        return str(direction)
+    return "maximize" if str(metric).startswith("task/") else "minimize"
+
+
+def sweep_metric_problems(train: "TrainConfig") -> list[str]:
+    """What is wrong with train.sweep_metric and train.sweep_direction as such (the task names in a task
+    score are checked against the loaded tasks by the entry point)."""
+    problems = []
+    metric = train.sweep_metric
+    if train.sweep_direction is not None and train.sweep_direction not in DIRECTIONS:
+        problems.append(f"train.sweep_direction={train.sweep_direction}: must be one of "
+                        f"{', '.join(DIRECTIONS)}, or null (maximize task scores, minimize losses)")
+    if isinstance(metric, str) and metric.startswith("task/"):
+        parts = metric.split("/")
+        if metric != "task/core" and not (len(parts) == 3 and parts[1] and parts[2] in TASK_METRICS):
+            problems.append(f"train.sweep_metric={metric}: a task score is task/core or task/<task>/<metric>, "
+                            f"the metric one of {', '.join(TASK_METRICS)} (e.g. task/sample_days/acc)")
+        elif not train.eval_tasks:
+            problems.append(f"train.sweep_metric={metric}: a task score needs the tasks scored during training: "
+                            f"train.eval_tasks=[...] (e.g. [sample])")
+    elif metric not in SUMMARY_METRICS:
+        problems.append(f"train.sweep_metric={metric}: must be one of {', '.join(SUMMARY_METRICS)}, task/core "
+                        f"or task/<task>/<{'|'.join(TASK_METRICS)}> (with train.eval_tasks)")
+    return problems
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -809,6 +850,7 @@ def config_problems(cfg: Config) -> list[str]:
             problems.append(f"{key}={value}: must be in [0, 1)")
     if train.eval_tasks_limit is not None and train.eval_tasks_limit <= 0:
         problems.append(f"train.eval_tasks_limit={train.eval_tasks_limit}: must be > 0, or null for every item")
+    problems += sweep_metric_problems(train)
     if train.eval_batches == 0 or train.eval_batches < -1:
         problems.append(f"train.eval_batches={train.eval_batches}: must be > 0, or -1 for the whole set")
     if data.seq_len > cfg.model.max_seq_len > 0:
@@ -884,6 +926,9 @@ def register_configs() -> None:
 
     # `${zer02llm_groups:}` in the help templates (conf/*.yaml): the presets a user can pick
     OmegaConf.register_new_resolver("zer02llm_groups", preset_groups, replace=True)
+    # `${zer02llm_metric_direction:...}` in conf/hydra/sweeper/optuna_tpe.yaml: the search's direction follows
+    # train.sweep_metric
+    OmegaConf.register_new_resolver("zer02llm_metric_direction", metric_direction, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     # generate and eval have no presets: their primary configs live here, not in conf/, so that

@@ -12,6 +12,23 @@ from zer02llm.config import ConfigError, HardwareConfig, device_problems
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# dense (no sparsity) bf16 tensor-core peaks, TFLOP/s; the first key found in the device name wins
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("A100", 312.0), ("RTX 3090", 71.0), ("RTX 4090", 165.0)]
+MFU_FORMULA = "MFU = tokens/s * flops_per_token / (peak FLOP/s * devices)"
+
+
+def peak_tflops(device_name: Optional[str]) -> Optional[tuple[str, float]]:
+    """(the table's key, its dense bf16 peak TFLOP/s) of a GPU by name; None for a CPU or a GPU not in the table."""
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if device_name and key in device_name:
+            return key, tflops
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops_per_device: float, devices: int = 1) -> float:
+    """Model FLOPs utilisation: the training FLOPs done per second over what the devices could do at peak."""
+    return tokens_per_s * flops_per_token / (peak_tflops_per_device * 1e12 * devices)
 
 
 def resolve_device(hardware: HardwareConfig) -> tuple[torch.device, torch.dtype]:

@@ -3,8 +3,8 @@
 With generate.py and eval.py, the only place that knows about Hydra: it turns the composed
 DictConfig into plain dataclasses and hands them to the Trainer.
 
-The task function returns the run's final validation loss (summary.json's final_val_loss), the
-objective of `-m hydra/sweeper=optuna_tpe` searches (conf/hydra/sweeper/optuna_tpe.yaml).
+The task function returns the run's train.sweep_metric (by default summary.json's final_val_loss; a task
+score such as task/core), what `-m hydra/sweeper=optuna_tpe` searches optimise (conf/hydra/sweeper/optuna_tpe.yaml).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class JobFailed(CompactHydraException):
 
 @hydra.main(version_base="1.3", config_path=str(shipped_path("conf")), config_name="config")
 def main(dict_cfg: DictConfig) -> Optional[float]:
-    """Train; the final validation loss (None without one, and on ranks other than 0).
+    """Train; the run's train.sweep_metric (None without one, and on ranks other than 0).
 
     Under an Optuna sweeper a run that cannot give a finite one raises JobFailed, which the sweeper
     records as a failed trial and goes on; so does a diverged run's FloatingPointError."""
@@ -68,9 +68,11 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         accept_run()
     try:
         cfg = checked_config(dict_cfg, HydraConfig.get().overrides.task)
-        if optuna and cfg.data.val_path is None:
-            raise ConfigError("data.val_path=null: the Optuna search minimises the final validation loss, so it "
-                              "needs a validation set (data.val_path=<file>, or auto with the sample corpus)")
+        if optuna and cfg.train.sweep_metric.startswith("final_val") and cfg.data.val_path is None:
+            raise ConfigError(f"data.val_path=null: the Optuna search optimises train.sweep_metric="
+                              f"{cfg.train.sweep_metric}, so it needs a validation set (data.val_path=<file>, or auto "
+                              f"with the sample corpus), or a task score as the metric (train.sweep_metric=task/core "
+                              f"with train.eval_tasks=[...])")
         problem = rundir.fresh_start_problem(run_dir, cfg.train.resume, cfg.train.overwrite) if main_rank else None
         if problem:
             raise rundir.RunDirTaken(problem)
@@ -82,11 +84,13 @@ def main(dict_cfg: DictConfig) -> Optional[float]:
         Trainer(cfg, run_dir, resolved, on_claim=accept_run).fit()
         if not main_rank:
             return None
-        loss = final_val_loss(run_dir)
-        if optuna and (loss is None or not math.isfinite(loss)):
-            raise JobFailed(f"no finite final validation loss in {run_dir / 'summary.json'} (got {loss}): "
-                            f"the trial failed (did the run stop early, or diverge?)")
-        return loss
+        metric = cfg.train.sweep_metric
+        value, available = metric_value(run_dir, metric)
+        if optuna and (value is None or not math.isfinite(value)):
+            raise JobFailed(f"no finite {metric} (train.sweep_metric) in {run_dir / 'summary.json'} (got {value}; "
+                            f"its figures: {', '.join(available) or 'none'}): the trial failed (did the run stop "
+                            f"early, or diverge?)")
+        return value
     except (ConfigError, DataError) as e:
         # a clear message instead of a traceback: nothing heavy has run yet
         if multirun:  # sys.exit would end the whole sweep here, without a record of this job
@@ -134,14 +138,18 @@ def leave_unstarted_run(run_dir: Path) -> None:
     remove_unstarted_run_dir(run_dir)
 
 
-def final_val_loss(run_dir: Path) -> Optional[float]:
-    """summary.json's final_val_loss; None when the run wrote no summary (stopped by a signal) or had no
-    validation set."""
+def metric_value(run_dir: Path, metric: str) -> tuple[Optional[float], list[str]]:
+    """(summary.json's figure named `metric`, the names of its numeric figures); None when the run wrote no
+    summary (stopped by a signal) or has no such figure (no validation set, a task not scored)."""
     try:
-        value = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("final_val_loss")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, []
+    if not isinstance(summary, dict):
+        return None, []
+    numeric = [k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    value = summary.get(metric)
+    return (float(value) if metric in numeric else None), numeric
 
 
 def checked_config(dict_cfg: DictConfig, overrides: Sequence[str] = ()) -> Config:

@@ -133,6 +133,15 @@ def test_generate_until_stops_at_the_until_strings(setup):
     cut = lm.generate_until([Instance("generate_until", {}, ("Today is", {"until": [stop], "max_gen_toks": 12}), 0)])
     assert cut[0] == free[:free.index(stop)]
 
+    # requests that stop alike are generated together, others apart: each reply as it is alone, in order
+    def request(context, until, n):
+        return Instance("generate_until", {}, (context, {"until": until, "max_gen_toks": n}), 0)
+
+    mixed = [request("Today is", [stop], 12), request("小明有", [], 6), request("There are", [stop], 12),
+             request("Today is", [], 12)]
+    assert lm.generate_until(mixed) == [lm.generate_until([r])[0] for r in mixed]
+    assert lm.generate_until(mixed)[3] == free
+
 
 def test_model_args_win_over_lm_evals_device_default(setup):
     """lm-eval's command line passes device=cuda:0 unless told otherwise; model_args' device=cpu is no clash."""

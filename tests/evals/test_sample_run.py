@@ -53,6 +53,7 @@ def test_the_report_card_of_a_real_run_has_every_section(default_run):
     assert f"{summary['params']:,}" in report
     assert "the defaults of `python -m zer02llm.train`" in report
     assert "| model.dim | 128 | 512 |" in report  # the CPU preset's size, against the schema's default
+    assert "| tokens/s | MFU |" in report and "| n/a on CPU |" in report  # a CPU run has no MFU
     assert report.count("- **") == 3  # three greedy samples
     assert "None yet: `python -m zer02llm.evaluate" in report
     # evaluate adds its scores to the card

@@ -12,8 +12,9 @@ from conftest import SHARED_DATA, randomize, write_jsonl
 from zer02llm.config import ModelConfig
 from zer02llm.data.sft import ChatTemplate
 from zer02llm.evals.extract import normalize_number, reference_answer
+from zer02llm.evals.generation import GREEDY
 from zer02llm.evals.runner import TaskRunner
-from zer02llm.evals.scorer import GREEDY, ModelScorer, encode_pair
+from zer02llm.evals.scorer import ModelScorer, encode_pair
 from zer02llm.evals.tasks import load_tasks
 from zer02llm.inference.sampling import generate
 from zer02llm.model import Transformer

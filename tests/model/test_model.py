@@ -178,6 +178,38 @@ def test_forward_matches_naive_reference_float64(impl):
     assert logits.dtype == torch.float64
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_hidden_states_through_the_head_are_forwards_logits(impl):
+    """hidden_states() is forward without its LM head: the head applied gives forward's logits, and the
+    float64 reference's."""
+    model = build(impl)
+    tokens = rand_tokens(2, 10)
+    with torch.no_grad():
+        hidden = model.hidden_states(tokens)
+        logits = model(tokens).logits
+    assert hidden.shape == (2, 10, model.cfg.dim)
+    torch.testing.assert_close(model.lm_head(hidden), logits, rtol=0, atol=0)
+    torch.testing.assert_close(model.lm_head(hidden).double(), ref_forward(model, tokens), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_hidden_states_with_a_mask_and_positions_equal_separate_forwards(impl):
+    """Two pieces in one row, kept apart by the mask and each starting at position 0, read as if each ran
+    alone through forward."""
+    model = build(impl)
+    first, second = rand_tokens(1, 6, seed=2), rand_tokens(1, 4, seed=3)
+    tokens = torch.cat([first, second], dim=1)
+    piece = torch.tensor([0] * 6 + [1] * 4)
+    mask = (piece[:, None] == piece[None, :]) & torch.ones(10, 10, dtype=torch.bool).tril()
+    positions = torch.cat([torch.arange(6), torch.arange(4)])[None]
+    with torch.no_grad():
+        logits = model.lm_head(model.hidden_states(tokens, positions, mask[None, None]))
+        alone = torch.cat([model(first).logits, model(second).logits], dim=1)
+    torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mask has shape"):
+        model.hidden_states(tokens, positions, mask[None, None, :5])
+
+
 # --------------------------------------------------------------------------------------------------
 # 4. KV cache
 

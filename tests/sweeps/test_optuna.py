@@ -137,6 +137,57 @@ def test_a_search_finds_its_best_trial_reruns_it_and_resumes(tmp_path):
     assert "6 trials (6 complete)" in (sweep_dir / "summary.md").read_text()
 
 
+def test_the_search_direction_follows_the_sweep_metric():
+    """conf/hydra/sweeper/optuna_tpe.yaml: a loss is minimised, a task score maximised, unless told otherwise."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from zer02llm.config import register_configs
+    from zer02llm.resources import shipped_path
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(shipped_path("conf")), version_base="1.3"):
+        for overrides, direction in (([], "minimize"), (["train.sweep_metric=final_val_bpb"], "minimize"),
+                                     (["train.sweep_metric=task/core", "train.eval_tasks=[sample]"], "maximize"),
+                                     (["train.sweep_metric=task/days/acc", "train.sweep_direction=minimize"],
+                                      "minimize")):
+            cfg = compose("config", ["hydra/sweeper=optuna_tpe", *overrides], return_hydra_config=True)
+            assert OmegaConf.select(cfg, "hydra.sweeper.direction") == direction, overrides
+
+
+@pytest.mark.slow
+def test_a_search_on_a_task_score_maximises_it(tmp_path):
+    """train.sweep_metric=task/core: each trial's value is its CORE, the study maximises it, the best trial is the
+    highest CORE and the summary says so."""
+    run_module("zer02llm.train", ["-m", "hydra/sweeper=optuna_tpe", "hydra/callbacks=sweep_summary",
+                                  "hydra.sweep.dir=sw", "hydra.sweeper.n_trials=3", "train.lr=choice(1e-4, 1e-2, 3e-2)",
+                                  "train.eval_tasks=[sample]", "train.eval_tasks_limit=8",
+                                  "train.sweep_metric=task/core",
+                                  *BASE], cwd=tmp_path)
+    sweep_dir = tmp_path / "sw"
+    study = optuna.load_study(study_name="zer02llm", storage=f"sqlite:///{sweep_dir / hpsearch.OPTUNA_DB}")
+    assert study.direction.name == "MAXIMIZE"
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    for t in trials:
+        summary = json.loads((sweep_dir / str(t.number) / "summary.json").read_text())
+        assert t.value == summary["task/core"] and summary["sweep_metric"] == "task/core"
+    best = max(trials, key=lambda t: t.value)
+    assert yaml.safe_load((sweep_dir / hpsearch.RESULTS_YAML).read_text())["best_value"] == best.value
+    text = (sweep_dir / "summary.md").read_text()
+    assert f"Best trial: {best.number}, CORE {best.value:.6g}" in text and "(maximize CORE)" in text
+
+
+@pytest.mark.slow
+def test_a_bad_sweep_metric_is_refused_before_any_trial_runs(tmp_path):
+    proc = run_module("zer02llm.train", [*SEARCH, "hydra.sweeper.n_trials=2", "train.eval_tasks=[sample]",
+                                         "train.sweep_metric=task/nosuch/acc", *BASE], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "train.sweep_metric=task/nosuch/acc: no task 'nosuch' among train.eval_tasks" in proc.stderr + \
+        (tmp_path / "sw" / "summary.md").read_text()
+    assert "task/days/acc" in (tmp_path / "sw" / "0" / "train.log").read_text()  # the names it could give
+
+
 @pytest.mark.slow
 def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
     # n_heads=3 does not divide dim=32 (a refused config), lr=1e30 diverges: both are FAIL trials

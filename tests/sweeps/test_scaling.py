@@ -186,3 +186,62 @@ def test_a_real_token_budget_sweep_gets_its_scaling_fit(tmp_path):
     assert (after.non_embedding_params, after.flops_per_token, after.flops) == \
         (before.non_embedding_params, before.flops_per_token, before.flops)
     assert after.non_embedding_params is not None
+
+
+# --- a score as the sweep's metric (train.sweep_metric=task/core): it rises towards its limit
+
+def score_law(n):
+    return 0.9 - 3.0 * np.power(n, -0.25)  # S(N) = E - A N^-alpha
+
+
+def test_a_rising_score_gives_back_its_constants():
+    n = np.geomspace(1e4, 1e9, 7)
+    fit = fit_power_law(n, score_law(n), maximize=True)
+    assert (fit.E, fit.A, fit.alpha, fit.sign) == pytest.approx((0.9, 3.0, 0.25, -1), rel=1e-7)
+    assert fit(n) == pytest.approx(score_law(n), abs=1e-9)
+    assert fit.formula() == "S(N) = E - A * N^-alpha"
+    with pytest.raises(FitError, match="the scores do not rise as a power law of N"):
+        fit_power_law(n, law(n), maximize=True)  # a falling figure is no rising score
+
+
+def test_the_compute_frontier_of_a_score_is_its_highest_values():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        flops = list(rng.choice([1e9, 2e9, 4e9, 8e9], size=8))
+        scores = list(np.round(rng.uniform(0, 1, 8), 1))
+        assert sorted(compute_frontier(flops, scores, maximize=True)) == brute_frontier(flops, [-s for s in scores])
+
+
+def test_the_summary_ranks_and_fits_on_the_named_task_score(tmp_path):
+    """Jobs that name task/core as their sweep metric: the best job is the highest CORE, not the lowest loss,
+    and the fit is CORE's rising law."""
+    sizes = (1e4, 3e4, 1e5, 3e5, 1e6)
+    for i, n in enumerate(sizes):
+        loss = 2.0 + 0.1 * i  # the losses rank the jobs the other way round
+        job = scaled_job(tmp_path, str(i), int(n), loss)
+        summary = json.loads((job / "summary.json").read_text())
+        summary.update({"task/core": float(score_law(n)), "task/days/acc": 0.2 + 0.01 * i,
+                        "sweep_metric": "task/core", "sweep_direction": "maximize"})
+        (job / "summary.json").write_text(json.dumps(summary))
+    summarize(tmp_path, echo=False)
+    text = (tmp_path / "summary.md").read_text()
+    best = max(range(5), key=lambda i: score_law(sizes[i]))
+    assert best == 4 and f"Best CORE: job {best} (model.dim={best}), {score_law(sizes[best]):.4f}." in text
+    fit = fit_power_law([int(n) for n in sizes], [float(score_law(n)) for n in sizes], maximize=True)
+    assert f"Fit of task/core (size varies at matched tokens: L(N) over the jobs): {fit.describe()}." in text
+    assert "S(N) = E - A * N^-alpha: E = 0.9 ±" in text
+    assert (tmp_path / scaling.SCALING_PNG).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_task_accuracy_as_the_metric_gets_a_column_and_ranks_the_jobs(tmp_path):
+    for i, acc in enumerate((0.4, 0.7, 0.5)):
+        job = scaled_job(tmp_path, str(i), 1000, 3.0 - i * 0.1)
+        summary = json.loads((job / "summary.json").read_text())
+        summary.update({"task/days/acc": acc, "sweep_metric": "task/days/acc", "sweep_direction": "maximize"})
+        (job / "summary.json").write_text(json.dumps(summary))
+    summarize(tmp_path, echo=False)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| task/days/acc | status |" in text and "| 0.7000 | ok |" in text
+    assert "Best task/days/acc: job 1 (model.dim=1), 0.7000." in text  # not job 2, the lowest loss
+    rows = {r["job"]: r for r in read_csv(tmp_path / "summary.csv")}
+    assert float(rows["1"]["task/days/acc"]) == 0.7

@@ -105,8 +105,11 @@ class Zer02LLM(LM):
         return totals
 
     def generate_until(self, requests) -> list[str]:
-        replies = []
-        for request in requests:
+        """Greedy replies cut at `until`; requests that stop alike (the same `until` and max_gen_toks, as a
+        task's all do) go through the batched engine together."""
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        prompts = []
+        for i, request in enumerate(requests):
             context, options = request.args[0], dict(request.args[1] or {})
             until = options.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
@@ -115,18 +118,22 @@ class Zer02LLM(LM):
                 log.warning("zer02llm decodes greedily; the task's sampling settings (%s) are not used",
                             {k: options[k] for k in ("do_sample", "temperature") if k in options})
                 self._warned_sampling = True
-            ids = self.context_ids(context)
-            max_new = max(1, min(max_new, self.max_length - 1))
+            prompts.append(self.context_ids(context))
+            groups.setdefault((tuple(until), max(1, min(max_new, self.max_length - 1))), []).append(i)
+        replies: list[str] = [""] * len(requests)
+        for (until, max_new), indices in groups.items():
 
-            def stopped(new: list[int]) -> bool:
+            def stopped(new: list[int], until=until) -> bool:
                 text = self.tokenizer.decode(new)
                 return any(stop in text for stop in until)
 
-            (new,) = self.scorer.generate([ids], max_new, [self.tokenizer.eos_id], stopped if until else None)
-            text = self.tokenizer.decode(new, skip_special=True)
-            cut = min((text.index(stop) for stop in until if stop in text), default=len(text))
-            replies.append(text[:cut])
-            self.cache_hook.add_partial("generate_until", request.args, text[:cut])
+            generated = self.scorer.generate([prompts[i] for i in indices], max_new, [self.tokenizer.eos_id],
+                                             stopped if until else None)
+            for i, new in zip(indices, generated):
+                text = self.tokenizer.decode(new, skip_special=True)
+                replies[i] = text[:min((text.index(stop) for stop in until if stop in text), default=len(text))]
+        for request, reply in zip(requests, replies):
+            self.cache_hook.add_partial("generate_until", request.args, reply)
         return replies
 
     # --- chat templates (lm-eval's --apply_chat_template) ----------------------------------------

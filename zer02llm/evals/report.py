@@ -54,13 +54,14 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def environment(device: Any = None, dtype: Any = None) -> dict[str, Any]:
-    """Python, torch, the device, and the git commit of the code when it runs from a checkout."""
+def environment(device: Any = None, dtype: Any = None, devices: int = 1) -> dict[str, Any]:
+    """Python, torch, the device (and how many trained together), and the git commit of the code when it runs
+    from a checkout."""
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "device": str(device) if device is not None else None,
-           "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+           "dtype": str(dtype).replace("torch.", "") if dtype is not None else None, "devices": devices,
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -82,18 +83,16 @@ def sample_generations(model: Any, tokenizer: Any, chat: bool) -> list[dict[str,
 
     was_training = model.training
     try:
-        scorer = ModelScorer(model)
-        samples = []
-        for prompt in SAMPLE_PROMPTS["chat" if chat else "pretrain"]:
-            if chat:
-                from zer02llm.data.sft import ChatTemplate
+        prompts = SAMPLE_PROMPTS["chat" if chat else "pretrain"]
+        if chat:
+            from zer02llm.data.sft import ChatTemplate
 
-                ids = ChatTemplate(tokenizer).encode([{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
-            else:
-                ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
-            reply = scorer.generate([ids], SAMPLE_TOKENS, [tokenizer.eos_id])[0]
-            samples.append({"prompt": prompt, "reply": tokenizer.decode(reply, skip_special=True)})
-        return samples
+            template = ChatTemplate(tokenizer)
+            ids = [template.encode([{"role": "user", "content": p}], add_generation_prompt=True)[0] for p in prompts]
+        else:
+            ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+        replies = ModelScorer(model).generate(ids, SAMPLE_TOKENS, [tokenizer.eos_id])
+        return [{"prompt": p, "reply": tokenizer.decode(r, skip_special=True)} for p, r in zip(prompts, replies)]
     finally:
         model.train(was_training)
 
@@ -138,6 +137,24 @@ def config_differences(config: dict) -> list[tuple[str, Any, Any]]:
         defaults.update(flatten({"model": dataclasses.asdict(MoEConfig())}))
     return [(key, value, defaults.get(key)) for key, value in values.items()
             if key not in defaults or defaults[key] != value]
+
+
+def model_flops_utilisation(summary: dict, env: dict) -> tuple[Optional[float], str]:
+    """(MFU, how it was had) of a run on a GPU whose peak is known; (None, why not) otherwise: "n/a on CPU"."""
+    from zer02llm.hardware import MFU_FORMULA, mfu, peak_tflops
+
+    device = str(env.get("device") or "")
+    if not device.startswith("cuda"):
+        return None, "n/a on CPU" if device.startswith("cpu") else f"n/a on {device or 'an unrecorded device'}"
+    known = peak_tflops(env.get("gpu"))
+    rate, per_token = summary.get("tokens_per_s"), summary.get("flops_per_token")
+    if known is None:
+        return None, f"n/a (no peak FLOP/s known for {env.get('gpu') or 'this GPU'})"
+    if not isinstance(rate, (int, float)) or not isinstance(per_token, (int, float)):
+        return None, "n/a (no tokens/s)"
+    devices = int(env.get("devices") or 1)
+    return (mfu(rate, per_token, known[1], devices),
+            f"{MFU_FORMULA}, peak {known[1]:g} TFLOP/s ({known[0]}, dense bf16) x {devices} device(s)")
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -188,11 +205,15 @@ def render(info: dict[str, Any]) -> str:
     lines += table(["", ""], rows)
     lines += ["", "## Model and compute", ""]
     wall = summary.get("wall_seconds")
+    utilisation, how = model_flops_utilisation(summary, env)
     lines += table(["parameters", "non-embedding", "active", "FLOPs per token", "FLOPs", "steps", "wall time",
-                    "tokens/s"],
+                    "tokens/s", "MFU"],
                    [[summary.get("params"), summary.get("non_embedding_params"), summary.get("active_params"),
                      summary.get("flops_per_token"), summary.get("flops"), summary.get("steps"),
-                     f"{wall:.1f} s" if isinstance(wall, (int, float)) else None, summary.get("tokens_per_s")]])
+                     f"{wall:.1f} s" if isinstance(wall, (int, float)) else None, summary.get("tokens_per_s"),
+                     f"{100 * utilisation:.1f}%" if utilisation is not None else how]])
+    if utilisation is not None:
+        lines += ["", f"MFU: {how}."]
     lines += ["", "## Results", ""]
     val_loss = summary.get("final_val_loss")
     ppl = 2.718281828459045 ** val_loss if isinstance(val_loss, (int, float)) and val_loss < 50 else None
@@ -221,14 +242,14 @@ def render(info: dict[str, Any]) -> str:
 
 
 def write_report(run_dir: Path, model: Any = None, tokenizer: Any = None, device: Any = None,
-                 dtype: Any = None) -> Path:
+                 dtype: Any = None, devices: int = 1) -> Path:
     """Write run_dir/report.md. The trainer's call gives the device (the environment is recorded in report.json
     first) and the model (a few greedy generations too; None for a sharded model, which rank 0 cannot run alone)."""
     run_dir = Path(run_dir)
     if device is not None:
         config = read_yaml(run_dir / "config.yaml") or {}
         chat = (config.get("mode") or {}).get("name") in ("sft", "dpo")
-        record = {"environment": environment(device, dtype),
+        record = {"environment": environment(device, dtype, devices),
                   "samples": sample_generations(model, tokenizer, chat) if model is not None else []}
         (run_dir / RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     path = run_dir / REPORT

@@ -1,9 +1,9 @@
 """What task evaluation asks of a model: log-likelihoods of continuations and greedy replies.
 
 `LanguageModel` is the whole interface the tasks, the trainer's eval steps and the lm-evaluation-harness
-model use; `ModelScorer` implements it today with a Transformer's forward and sampling.generate. Both
-calls take every request of a task at once, so a batched engine can be slotted in behind the same
-protocol (make_scorer() is the one place that picks the implementation).
+model use; `ModelScorer` implements it with a Transformer's forward (log-likelihoods) and the batched
+engine (greedy replies). Both calls take every request of a task at once; make_scorer() is the one place
+that picks the implementation.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from typing import Callable, Optional, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from zer02llm.inference.sampling import SamplingParams, generate
+from zer02llm.evals.generation import greedy_batched, greedy_one_by_one
 from zer02llm.model import Transformer
 from zer02llm.tokenizer import Tokenizer
-
-GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
-
 
 @dataclass
 class Score:
@@ -94,26 +91,29 @@ class ModelScorer:
     """LanguageModel over a Transformer. Requests are packed a row each (the context's keys and values computed
     once, shared by all of its continuations) and rows batched into one forward, with an attention mask that
     keeps the continuations of a row apart; only the outputs that predict a continuation token go through the
-    LM head. Greedy replies go through sampling.generate, one prompt at a time."""
+    LM head. Greedy replies: all prompts at once through the batched engine (evals/generation.py)."""
 
-    def __init__(self, model: Transformer, max_len: Optional[int] = None, batch_tokens: int = 8192):
+    def __init__(self, model: Transformer, max_len: Optional[int] = None, batch_tokens: int = 8192,
+                 max_batch: int = 64, batched_replies: bool = True):
         self.model = model.eval()
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.device = model.tok_embeddings.weight.device
         self.batch_tokens = batch_tokens  # padded tokens per forward (rows x longest row)
+        self.max_batch = max_batch  # replies decoded together
+        self.batched_replies = batched_replies  # False: one prompt at a time (the batch-1 path, for comparison)
+        self.sharded = hasattr(model, "unshard") and hasattr(model, "reshard")  # FSDP2
 
     @torch.no_grad()
     def loglikelihoods(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[Score]]:
-        # an FSDP2-sharded model (train.eval_tasks with distributed.strategy=fsdp): hidden_states() bypasses the
-        # root's forward, whose hook would gather the root's own parameters (embeddings, final norm, LM head);
+        # an FSDP2-sharded model (train.eval_tasks with distributed.strategy=fsdp): model.hidden_states() bypasses
+        # the root's forward, whose hook would gather the root's own parameters (embeddings, final norm, LM head);
         # each block's hook still gathers the block's
-        sharded = hasattr(self.model, "unshard") and hasattr(self.model, "reshard")
-        if sharded:
+        if self.sharded:
             self.model.unshard()
         try:
             return self._loglikelihoods(requests)
         finally:
-            if sharded:
+            if self.sharded:
                 self.model.reshard()
 
     def _loglikelihoods(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[Score]]:
@@ -147,7 +147,7 @@ class ModelScorer:
         seg_q, seg_k = segments[:, :, None], segments[:, None, :]
         mask = earlier & ((seg_k == 0) | (seg_k == seg_q)) & (seg_q >= 0)
         mask |= torch.eye(width, dtype=torch.bool, device=device)
-        hidden = self.hidden_states(tokens, positions, mask[:, None])  # (B, width, dim)
+        hidden = model.hidden_states(tokens, positions, mask[:, None])  # (B, width, dim), normed
         # the outputs that predict a continuation token, and the tokens they predict
         where_b, where_t, targets = [], [], []
         for b, (r, conts) in enumerate(zip(rows, continuations)):
@@ -155,8 +155,7 @@ class ModelScorer:
                 where_b += [b] * len(at)
                 where_t += at
                 targets += c
-        logits = model.lm_head(model.norm(hidden[torch.tensor(where_b, device=device),
-                                                 torch.tensor(where_t, device=device)]))
+        logits = model.lm_head(hidden[torch.tensor(where_b, device=device), torch.tensor(where_t, device=device)])
         logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         target_ids = torch.tensor(targets, device=device)
         picked = logprobs.gather(1, target_ids[:, None])[:, 0].double().cpu().tolist()
@@ -169,33 +168,18 @@ class ModelScorer:
                 k += len(c)
             results[indices[b]] = scores
 
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The final blocks' output (B, T, dim) under a dense attention mask (B, 1, T, T): Transformer.forward's
-        path without its LM head, which would turn every position into logits where only a few are needed."""
-        model = self.model
-        x = model.tok_embeddings(tokens)
-        cos, sin = model.rope_cos[positions].unsqueeze(1), model.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
-        for layer in model.layers:
-            x, _ = layer(x, cos, sin, None, mask)
-        return x
-
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  stop: Optional[Callable[[list[int]], bool]] = None) -> list[list[int]]:
-        replies = []
-        for prompt in prompts:
-            prompt = prompt[-(self.max_len - max_new_tokens):] if len(prompt) + max_new_tokens > self.max_len \
-                else prompt
-            new: list[int] = []
-            stream = generate(self.model, prompt, max_new_tokens, GREEDY, None)
-            for token in stream:
-                new.append(token)
-                if token in stop_ids or (stop is not None and stop(new)):
-                    stream.close()
-                    break
-            replies.append(new)
-        return replies
+        if max_new_tokens >= self.max_len:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                             f"{self.max_len} tokens")
+        keep = self.max_len - max_new_tokens  # a prompt too long is cut from the left
+        prompts = [list(p[-keep:]) for p in prompts]
+        if self.sharded or not self.batched_replies:  # sharded: the engine's forward skips the blocks' FSDP hooks
+            return greedy_one_by_one(self.model, prompts, max_new_tokens, stop_ids, stop)
+        return greedy_batched(self.model, prompts, max_new_tokens, stop_ids, stop, self.max_batch)
 
 
 def make_scorer(model: Transformer, max_len: Optional[int] = None) -> LanguageModel:
-    """The LanguageModel that evaluation runs on (the place to hand over to a batched engine)."""
+    """The LanguageModel that evaluation runs on."""
     return ModelScorer(model, max_len)

@@ -300,13 +300,39 @@ class Transformer(nn.Module):
         e.g. masking.document_positions(doc_ids) to restart at every document. Both are for whole
         training windows, not for generation with a cache.
         """
+        x, router_stats = self._blocks(tokens, cache, doc_ids, positions)
+        logits = self.lm_head(self.norm(x))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        if not router_stats:
+            return Output(logits, loss)
+        return Output(logits, loss, aux_loss=torch.stack([s.aux_loss for s in router_stats]).sum(),
+                      expert_load=torch.stack([s.expert_load for s in router_stats]),
+                      router_entropy=torch.stack([s.router_entropy for s in router_stats]),
+                      dropped_tokens=torch.stack([s.dropped for s in router_stats]).sum())
+
+    def hidden_states(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens (B, T) -> the final norm's output (B, T, dim): forward without the LM head, for a caller that
+        needs logits at a few positions only (lm_head(hidden[picked])). mask (B, 1, T, T) bool, True where a
+        query may attend a key, replaces the causal mask (e.g. several continuations packed after one context);
+        positions (B, T) as forward's."""
+        if mask is not None and tuple(mask.shape[-2:]) != (tokens.size(1), tokens.size(1)):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; it must end in ({tokens.size(1)}, {tokens.size(1)})")
+        x, _ = self._blocks(tokens, None, None, positions, mask)
+        return self.norm(x)
+
+    def _blocks(self, tokens: torch.Tensor, cache: Optional[Cache], doc_ids: Optional[torch.Tensor],
+                positions: Optional[torch.Tensor], mask: Optional[AttentionMask] = None):
+        """The embeddings through every block: (x (B, T, dim) before the final norm, each MoE layer's router stats)."""
         T = tokens.size(1)
         for name, value in (("doc_ids", doc_ids), ("positions", positions)):
             if value is not None and cache is not None:
                 raise ValueError(f"{name} is for training windows; generation with a KV cache takes none")
             if value is not None and value.shape != tokens.shape:
                 raise ValueError(f"{name} has shape {tuple(value.shape)}; it must match tokens {tuple(tokens.shape)}")
-        mask = None
         if isinstance(cache, StaticKVCache):
             # positions from the device, never the host: the compiled decode step stays one graph
             at = cache.positions(T)  # (T,)
@@ -320,7 +346,8 @@ class Transformer(nn.Module):
                 cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
             else:
                 cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
-            mask = self._document_mask(doc_ids) if doc_ids is not None else None  # once, shared by all layers
+            if doc_ids is not None:
+                mask = self._document_mask(doc_ids)  # once, shared by all layers
         x = self.dropout(self.tok_embeddings(tokens))
         router_stats = []
         for layer in self.layers:
@@ -331,17 +358,7 @@ class Transformer(nn.Module):
             cache.position.add_(T)  # in place: the CUDA graph's input stays where it was
         elif cache is not None:
             cache.length += T
-        logits = self.lm_head(self.norm(x))
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        if not router_stats:
-            return Output(logits, loss)
-        return Output(logits, loss, aux_loss=torch.stack([s.aux_loss for s in router_stats]).sum(),
-                      expert_load=torch.stack([s.expert_load for s in router_stats]),
-                      router_entropy=torch.stack([s.router_entropy for s in router_stats]),
-                      dropped_tokens=torch.stack([s.dropped for s in router_stats]).sum())
+        return x, router_stats
 
     def forward_paged(self, tokens: torch.Tensor, cache: PagedKVCache, batch: PagedBatch) -> torch.Tensor:
         """Inference over several sequences at once (see paged.py): tokens (N,) laid flat, each at its

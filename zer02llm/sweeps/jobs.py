@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from zer02llm.config import metric_direction
+
 JOB_STATUS = "job_status.json"  # written by SweepSummaryCallback.on_job_end, where the job runs
 OK, FAILED, INCOMPLETE = "ok", "failed", "incomplete"
 _LOG_ERROR = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(?:ERROR|CRITICAL)\] - (.*)$")
 _LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\](?:\[[A-Z]+\])? ")
+
+
+DEFAULT_METRIC = "final_val_loss"  # a job that does not say (one written before train.sweep_metric existed)
 
 
 class NotASweepError(ValueError):
@@ -54,6 +59,11 @@ class JobResult:
     tokens_per_s: Optional[float] = None
     wall_seconds: Optional[float] = None
     task_core: Optional[float] = None  # CORE of train.eval_tasks at the last evaluation (zer02llm/evals)
+    # train.sweep_metric: the figure the sweep ranks this job by (and fits, and an Optuna search optimises)
+    sweep_metric: str = DEFAULT_METRIC
+    sweep_direction: str = "minimize"
+    sweep_value: Optional[float] = None
+    figures: dict[str, float] = field(default_factory=dict)  # summary.json's numeric figures, by name
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
 
@@ -111,6 +121,12 @@ def _job_config(job_dir: Path) -> Optional[dict[str, Any]]:
         if isinstance(data, dict):
             return data
     return None
+
+
+def _train_config(job_dir: Path) -> dict[str, Any]:
+    """The job's train.* settings as its config records them ({} when it has none)."""
+    train = (_job_config(job_dir) or {}).get("train")
+    return train if isinstance(train, dict) else {}
 
 
 def model_size(config: dict[str, Any]) -> tuple[int, int]:
@@ -196,6 +212,7 @@ def read_job(job_dir: Path) -> JobResult:
         job.tokens_per_s = number(summary.get("tokens_per_s"))
         job.wall_seconds = number(summary.get("wall_seconds"))
         job.task_core = number(summary.get("task/core"))
+        job.figures = {k: float(v) for k, v in summary.items() if number(v) is not None}
     else:  # no summary (yet): the last logged figures; parameters and wall time stay unknown
         steps = [int(r["step"]) for r in rows]
         job.steps = max(steps) if steps else None
@@ -207,6 +224,14 @@ def read_job(job_dir: Path) -> JobResult:
         job.tokens_per_s = sum(rates) / len(rates) if rates else None
         cores = [float(r["task/core"]) for r in rows if number(r.get("task/core")) is not None]
         job.task_core = cores[-1] if cores else None
+        last = {k: float(v) for r in rows for k, v in r.items() if k.startswith("task/") and number(v) is not None}
+        job.figures = {**last, **{k: v for k, v in (("final_loss", job.final_loss), ("final_val_loss",
+                                                    job.final_val_loss), ("final_val_bpb", job.final_val_bpb))
+                                  if v is not None}}
+    config = (summary or {}) if (summary or {}).get("sweep_metric") else _train_config(job_dir)
+    job.sweep_metric = str(config.get("sweep_metric") or DEFAULT_METRIC)
+    job.sweep_direction = metric_direction(job.sweep_metric, config.get("sweep_direction"))
+    job.sweep_value = job.figures.get(job.sweep_metric)
 
     if status_file.get("status") == "FAILED":  # written at the job's end, so newer than any summary
         job.status, job.error = FAILED, str(status_file.get("error") or "the job raised an exception")

@@ -166,22 +166,23 @@ def _fmt_param(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def markdown_lines(search: Search, best_overrides: Optional[Sequence[str]] = None) -> list[str]:
+def markdown_lines(search: Search, best_overrides: Optional[Sequence[str]] = None,
+                   metric: str = "final val loss") -> list[str]:
     """The summary's Optuna section: the best trial (best_overrides: its job's, for the command that
-    reruns it), the trials table, the plot."""
+    reruns it), the trials table, the plot; `metric` names the trials' values (train.sweep_metric)."""
     states = [t.state for t in search.trials]
     tally = ", ".join(f"{states.count(s)} {s.lower()}" for s in dict.fromkeys(states))
     lines = ["", "## Optuna search", "",
-             f"Study `{search.study_name}` ({search.direction.lower()} final val loss): {len(search.trials)} "
+             f"Study `{search.study_name}` ({search.direction.lower()} {metric}): {len(search.trials)} "
              f"trials ({tally})."]
     best = search.best
     if best is not None:
         overrides = " ".join(best_overrides) if best_overrides else \
             "<the search's fixed overrides> " + " ".join(f"{k}={v}" for k, v in best.params.items())
-        lines += ["", f"Best trial: {best.number}, final val loss {best.value:.6g}, job directory `{best.number}`.",
+        lines += ["", f"Best trial: {best.number}, {metric} {best.value:.6g}, job directory `{best.number}`.",
                   f"Rerun it alone: `python -m zer02llm.train {overrides}`"]
     names = list(dict.fromkeys(k for t in search.trials for k in t.params))
-    lines += ["", "| trial | " + " | ".join(names) + " | final val loss | state |",
+    lines += ["", "| trial | " + " | ".join(names) + f" | {metric} | state |",
               "|---:|" + "---:|" * len(names) + "---:|---|"]
     for t in search.trials:
         cells = [str(t.number)] + [_fmt_param(t.params[k]) if k in t.params else "" for k in names]
@@ -191,8 +192,8 @@ def markdown_lines(search: Search, best_overrides: Optional[Sequence[str]] = Non
     return lines
 
 
-def plot_trials(search: Search, path: Path) -> Path:
-    """trials.png: each trial's final val loss, the best so far as a step line, failed trials as x."""
+def plot_trials(search: Search, path: Path, metric: str = "final val loss") -> Path:
+    """trials.png: each trial's value (`metric`), the best so far as a step line, failed trials as x."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,15 +211,15 @@ def plot_trials(search: Search, path: Path) -> Path:
             xs.append(t.number)
             ys.append(best)
         ax.step(xs, ys, where="post", color="tab:red", label="best so far")
-        top = max(t.value for t in done)
+        top = max(t.value for t in done) if search.direction != "MAXIMIZE" else min(t.value for t in done)
         if failed:
             ax.scatter([t.number for t in failed], [top] * len(failed), marker="x", color="tab:gray",
-                       label="failed / unfinished (drawn at the top)")
+                       label="failed / unfinished (drawn at the worst value)")
         ax.legend(fontsize="small")
     else:
         ax.text(0.5, 0.5, "no finished trial", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("trial")
-    ax.set_ylabel("final validation loss")
+    ax.set_ylabel(metric)
     ax.set_title(f"Optuna study {search.study_name}", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from zer02llm.sweeps import scaling
-from zer02llm.sweeps.jobs import (FAILED, INCOMPLETE, JOB_STATUS, OK, JobResult, NotASweepError, collect,
-                                 common_overrides, job_dirs, job_label, override_key, override_value, read_job,
-                                 swept_keys)
+from zer02llm.sweeps.jobs import (DEFAULT_METRIC, FAILED, INCOMPLETE, JOB_STATUS, OK, JobResult, NotASweepError,
+                                 collect, common_overrides, job_dirs, job_label, override_key, override_value,
+                                 read_job, swept_keys)
 
 __all__ = ["FAILED", "INCOMPLETE", "JOB_STATUS", "OK", "JobResult", "NotASweepError", "collect", "job_dirs", "read_job",
            "summarize", "swept_keys"]
@@ -46,6 +46,10 @@ CSV_COLUMNS = ["job", "overrides", "params", "active_params", "non_embedding_par
 MD_HEADER = ["job", "overrides", "parameters", "non-emb. params", "steps", "tokens", "FLOPs", "final train loss",
              "final val loss", "val bits/byte", "tokens/s", "wall time", "status"]
 MD_ALIGN = ["---:", "---"] + ["---:"] * 10 + ["---"]
+# metrics the table shows in a column of its own already; the names the text gives them
+SHOWN_METRICS = ("final_loss", "final_val_loss", "final_val_bpb", "task/core")
+METRIC_NAMES = {"final_val_loss": "final val loss", "final_loss": "final train loss",
+                "final_val_bpb": "val bits/byte", "task/core": "CORE"}
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -89,24 +93,35 @@ def _csv_value(x: Any) -> Any:
     return "" if x is None else x
 
 
-def scaling_points(jobs: Sequence[JobResult]) -> list[scaling.ScalingPoint]:
-    """The finished jobs with a finite final val loss and known N, tokens and FLOPs: what a fit may use
+def sweep_metric(jobs: Sequence[JobResult]) -> tuple[str, str]:
+    """(the metric the sweep ranks its jobs by, minimize or maximize): the jobs' train.sweep_metric (the most
+    common one, should they differ), final_val_loss for jobs that name none."""
+    named = [(j.sweep_metric, j.sweep_direction) for j in jobs if j.status != FAILED] or \
+        [(j.sweep_metric, j.sweep_direction) for j in jobs]
+    if not named:
+        return DEFAULT_METRIC, "minimize"
+    return max(dict.fromkeys(named), key=named.count)
+
+
+def scaling_points(jobs: Sequence[JobResult], metric: str = DEFAULT_METRIC) -> list[scaling.ScalingPoint]:
+    """The finished jobs with a finite value of `metric` and known N, tokens and FLOPs: what a fit may use
     (a failed or unfinished job never is)."""
     points = []
     for job in jobs:
-        values = (job.non_embedding_params, job.tokens, job.flops, job.final_val_loss)
+        values = (job.non_embedding_params, job.tokens, job.flops, job.figures.get(metric))
         if job.status == OK and all(v is not None and math.isfinite(v) for v in values):
             points.append(scaling.ScalingPoint(job.name, float(job.non_embedding_params), float(job.tokens),
-                                               float(job.flops), float(job.final_val_loss)))
+                                               float(job.flops), float(job.figures[metric])))
     return points
 
 
-def scaling_fit(points: Sequence[scaling.ScalingPoint]) -> Optional[scaling.ScalingFit]:
+def scaling_fit(points: Sequence[scaling.ScalingPoint], metric: str = DEFAULT_METRIC,
+                direction: str = "minimize") -> Optional[scaling.ScalingFit]:
     """The fit (or the reason there is none) when the finished jobs differ in N or in FLOPs; None when
     they do not (a learning-rate sweep), and the summary then has no scaling section."""
     if len({p.params for p in points}) < 2 and not scaling.spread([p.flops for p in points]) > scaling.MATCHED_FLOPS:
         return None
-    return scaling.fit_sweep(points)
+    return scaling.fit_sweep(points, metric, direction == "maximize")
 
 
 def read_search(sweep_dir: Path) -> Optional[Any]:
@@ -136,10 +151,12 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
     common = common_overrides(jobs, swept)
     if common:
         lines.append(f"Common overrides: `{' '.join(common)}`.")
-    # CORE of train.eval_tasks, where jobs scored tasks: a column before the status
+    metric, direction = sweep_metric(jobs)
+    # CORE of train.eval_tasks, where jobs scored tasks, and the sweep's metric where no other column shows it:
+    # columns before the status
     core = any(j.task_core is not None for j in jobs)
-    header, align = (MD_HEADER[:-1] + ["CORE"] + MD_HEADER[-1:], MD_ALIGN[:-1] + ["---:"] + MD_ALIGN[-1:]) if core \
-        else (MD_HEADER, MD_ALIGN)
+    extra = ["CORE"] * core + ([metric] if metric not in SHOWN_METRICS else [])
+    header, align = MD_HEADER[:-1] + extra + MD_HEADER[-1:], MD_ALIGN[:-1] + ["---:"] * len(extra) + MD_ALIGN[-1:]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for job in jobs:
         params = _fmt_count(job.params)
@@ -151,15 +168,20 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
                  _fmt_rate(job.tokens_per_s), _fmt_seconds(job.wall_seconds), job.status]
         if core:
             cells.insert(-1, "" if job.task_core is None else f"{job.task_core:+.4f}")
+        if metric not in SHOWN_METRICS:
+            value = job.figures.get(metric)
+            cells.insert(-1, "" if value is None else f"{value:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     finished = [j for j in jobs if j.status == OK]
-    for attr, what in (("final_val_loss", "final val loss"), ("final_loss", "final train loss")):
-        scored = [j for j in finished if getattr(j, attr) is not None and math.isfinite(getattr(j, attr))]
+    ranked = [(metric, direction)] + [(m, "minimize") for m in ("final_val_loss", "final_loss") if m != metric]
+    for attr, how in ranked:  # the sweep's metric; without any job having it, the losses as before
+        scored = [j for j in finished if j.figures.get(attr) is not None and math.isfinite(j.figures[attr])]
         if scored:
-            best = min(scored, key=lambda j: getattr(j, attr))
+            pick = max if how == "maximize" else min
+            best = pick(scored, key=lambda j: j.figures[attr])
             label = job_label(best, swept)
-            lines += ["", f"Best {what}: job {best.name}{f' ({label})' if label else ''}, "
-                          f"{getattr(best, attr):.4f}."]
+            lines += ["", f"Best {METRIC_NAMES.get(attr, attr)}: job {best.name}{f' ({label})' if label else ''}, "
+                          f"{best.figures[attr]:.4f}."]
             break
     failed = [j for j in jobs if j.status == FAILED]
     if failed:
@@ -171,7 +193,8 @@ def markdown(jobs: Sequence[JobResult], sweep_dir: Path, note: Optional[str] = N
 
         best = search.best
         best_job = next((j for j in jobs if best is not None and j.name == str(best.number)), None)
-        lines += hpsearch.markdown_lines(search, best_job.overrides if best_job else None)
+        lines += hpsearch.markdown_lines(search, best_job.overrides if best_job else None,
+                                         METRIC_NAMES.get(metric, metric))
     return "\n".join(lines) + "\n"
 
 
@@ -179,10 +202,12 @@ def write_csv(jobs: Sequence[JobResult], path: Path) -> Path:
     """summary.csv: the columns of CSV_COLUMNS, unformatted, then one column per swept key."""
     swept = swept_keys(jobs)
     core = ["task_core"] if any(j.task_core is not None for j in jobs) else []  # train.eval_tasks' CORE
-    extra = [k if k not in CSV_COLUMNS + core else f"override.{k}" for k in swept]
+    metric, _ = sweep_metric(jobs)
+    own = [metric] if metric not in SHOWN_METRICS else []  # the sweep's metric, where no column has it
+    extra = [k if k not in CSV_COLUMNS + core + own else f"override.{k}" for k in swept]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS + core + extra)
+    writer.writerow(CSV_COLUMNS + core + own + extra)
     for job in jobs:
         values = {override_key(o): override_value(o) for o in job.overrides}
         writer.writerow([job.name, job_label(job, swept)]
@@ -190,6 +215,7 @@ def write_csv(jobs: Sequence[JobResult], path: Path) -> Path:
                             "params", "active_params", "non_embedding_params", "steps", "tokens", "flops_per_token",
                             "flops", "final_loss", "final_val_loss", "final_val_bpb", "tokens_per_s", "wall_seconds")]
                         + [job.status, _csv_value(job.error)] + [_csv_value(job.task_core) for _ in core]
+                        + [_csv_value(job.figures.get(m)) for m in own]
                         + [values.get(k, "") for k in swept])
     path.write_text(buffer.getvalue(), encoding="utf-8")
     return path
@@ -247,8 +273,9 @@ def summarize(sweep_dir: str | Path, *, echo: bool = True, note: Optional[str] =
     """
     path = Path(sweep_dir)
     jobs = collect(path)
-    points = scaling_points(jobs)
-    fit = scaling_fit(points)
+    metric, direction = sweep_metric(jobs)
+    points = scaling_points(jobs, metric)
+    fit = scaling_fit(points, metric, direction)
     search = read_search(path)
     text = markdown(jobs, path, note, fit, search)
     md = path / SUMMARY_MD
@@ -259,7 +286,7 @@ def summarize(sweep_dir: str | Path, *, echo: bool = True, note: Optional[str] =
     if search is not None:
         from zer02llm.sweeps import search as hpsearch
 
-        written.append(hpsearch.plot_trials(search, path / hpsearch.TRIALS_PNG))
+        written.append(hpsearch.plot_trials(search, path / hpsearch.TRIALS_PNG, METRIC_NAMES.get(metric, metric)))
     if echo:
         print(text, end="")
         print(f"\n(written: {', '.join(str(p) for p in written)})", flush=True)

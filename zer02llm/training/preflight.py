@@ -45,5 +45,25 @@ def validate_run(cfg: Config, check_files: bool = True, problems: Sequence[str] 
     problems = list(problems) + config_problems(cfg) + mixture_problems(cfg.data, cfg.mode.name, check_files)
     if check_files:
         problems += path_problems(cfg)
+        if not problems:
+            problems += sweep_metric_task_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def sweep_metric_task_problems(cfg: Config) -> list[str]:
+    """train.sweep_metric=task/<task>/<metric>: the task must be one of train.eval_tasks' (their files are read)."""
+    parts = cfg.train.sweep_metric.split("/")
+    if len(parts) != 3 or parts[0] != "task" or not cfg.train.eval_tasks:
+        return []
+    from zer02llm.evals.tasks import load_all
+
+    try:
+        names = [task.name for task in load_all(list(cfg.train.eval_tasks))]
+    except ConfigError as e:
+        return [str(e)]
+    if parts[1] in names:
+        return []
+    return [f"train.sweep_metric={cfg.train.sweep_metric}: no task {parts[1]!r} among train.eval_tasks "
+            f"({', '.join(names)}); task scores it could name: task/core, "
+            + ", ".join(f"task/{n}/acc" for n in names)]

@@ -25,7 +25,7 @@ from zer02llm import checkpoint as ckpt
 from zer02llm.training import distributed, rundir
 from zer02llm.interop import transformers as interop
 from zer02llm.training.budget import plan_budget
-from zer02llm.config import Config, ConfigError
+from zer02llm.config import Config, ConfigError, metric_direction
 from zer02llm.hardware import resolve_device, set_threads
 from zer02llm.data.sampler import BatchSampler
 from zer02llm.evals.tasks import load_all as load_tasks
@@ -470,7 +470,10 @@ class Trainer:
                    "steps_this_session": self.step - start_step, "tokens": self.tokens_seen,
                    "flops_per_token": flops_per_token, "flops": flops_per_token * self.tokens_seen,
                    **({"source_tokens": self.source_tokens_seen} if self.source_tokens_seen else {}),
-                   **{key: value for key, value in steps.last.items() if key.startswith("task/")}}
+                   **{key: value for key, value in steps.last.items() if key.startswith("task/")},
+                   # what a sweep ranks this run by (train.sweep_metric: one of the figures here)
+                   "sweep_metric": cfg.train.sweep_metric,
+                   "sweep_direction": metric_direction(cfg.train.sweep_metric, cfg.train.sweep_direction)}
         write_summary(self.run_dir / "summary.json", rows, figures, self.wall_seconds(), self.wall_seconds_before)
         self.write_report()
         return steps.last
@@ -481,7 +484,7 @@ class Trainer:
 
         try:
             path = write_report(self.run_dir, None if self.sharded else self.model, self.tokenizer, self.device,
-                                self.dtype)
+                                self.dtype, self.env.world_size)
             log.info("report card: %s", path)
         except Exception as e:  # noqa: BLE001 - the model is trained and saved; the card is a convenience
             log.warning("could not write the report card %s (%s: %s)", self.run_dir / "report.md",
