@@ -180,6 +180,17 @@ def test_preemption_when_the_cache_runs_out_changes_nothing(dense):
     assert llm.engine.blocks.check_all_free() == []
 
 
+def test_a_request_that_fills_the_whole_cache_runs_alone(dense):
+    """check_request lets in a request whose longest length is the cache's whole capacity; with nothing else
+    running the scheduler must admit it without the spare block it keeps for growth beside others (it once
+    waited for that block forever)."""
+    prompts = prompts_of([9, 5])
+    llm = LLM.from_model(dense, max_batch=2, block_size=16, kv_budget_tokens=16, prefill_chunk=64)
+    outs = llm.generate(prompts, max_tokens=7, temperature=0)  # 9 + 7 = 16 tokens: the one block
+    assert [o.outputs[0].token_ids for o in outs] == [solo(dense, p, 7) for p in prompts]
+    assert llm.engine.blocks.check_all_free() == []
+
+
 def test_float32_logits_within_1e_4_of_solo():
     model = make_model(dtype=torch.float32)
     prompts = prompts_of([4, 25, 60, 9, 2, 33])

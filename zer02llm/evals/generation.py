@@ -51,7 +51,7 @@ def greedy_batched(model: Transformer, prompts: Sequence[list[int]], max_new_tok
         return []
     block = 16
     blocks = [-(-(len(p) + max_new_tokens) // block) for p in prompts]  # each reply's cache at its longest
-    # the engine admits a request only with a block to spare beyond its prompt's: one more than the longest needs
+    # one block more than the longest needs: the engine admits a request beside running ones only with a block to spare
     num_blocks = max(min(kv_budget_tokens // block, sum(blocks) + 1, max_batch * max(blocks) + 1), max(blocks) + 1)
     budget = num_blocks * block
     # no tokenizer and no eos of the engine's own: the stop ids are the only stop tokens, and no text is decoded

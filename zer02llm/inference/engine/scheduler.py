@@ -84,7 +84,8 @@ class Scheduler:
             if wait_for_sibling and self.running:  # its next block is being computed: share it in a step or two
                 postponed.append(self.waiting.popleft())
                 continue
-            if not self.blocks.can_admit(seq, hits):
+            # a block to grow into while others run; alone, a request that check_request let in fits whole
+            if not self.blocks.can_admit(seq, hits, reserve=1 if self.running else 0):
                 break  # first come, first served: no overtaking by smaller requests
             self.waiting.popleft()
             self.blocks.admit(seq, hits)
