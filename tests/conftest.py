@@ -10,6 +10,7 @@ in it (a cache that follows HOME and was not redirected here).
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import math
 import os
@@ -154,3 +155,24 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(module, RMSNorm):
                 module.weight.copy_(1.0 + 0.3 * torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
     return model
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module, loaded once and registered in sys.modules (a script's dataclasses look
+    their module up while being made)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Decoding a tiny model is a chain of small Python-bound ops: one torch thread is fastest, and on a
+    loaded machine by far (docs/benchmarks.md). Modules ask for it with pytest.mark.usefixtures."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from zer02llm.data.sft import ChatTemplate
 from zer02llm.model import IGNORE_INDEX
 from zer02llm.tokenizer import Tokenizer
 
-from conftest import REPO, write_jsonl
+from conftest import REPO, write_jsonl, load_script as load_script_named
 
 SAMPLE = REPO / "zer02llm" / "sample_data"
 
@@ -144,10 +143,7 @@ def test_reference_rides_along_in_the_batch(tokenizer, tmp_path):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("make_dpo_data", REPO / "scripts" / "make_dpo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script_named("make_dpo_data")
 
 
 def test_shipped_sample_is_what_the_script_builds_and_every_pair_is_valid(tokenizer, tmp_path):

@@ -24,12 +24,7 @@ def model() -> Transformer:
     return randomize(Transformer(cfg), seed=5).eval()  # float32, as evaluation runs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def naive_greedy(model: Transformer, prompt: list[int], max_new: int, stop_ids=(), stop=None) -> list[int]:

@@ -42,14 +42,7 @@ MOE = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_l
            num_experts=4, experts_per_token=2, num_shared_experts=1, expert_hidden_dim=48, tie_embeddings=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding a tiny model is a chain of small ops: on one thread a busy machine cannot stall them
-    (docs/benchmarks.md), and the many generations here stay quick."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unit_scale(cfg: ModelConfig, seed: int = 0) -> Transformer:

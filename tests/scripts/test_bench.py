@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import load_script as load_script_named
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 BENCH = REPO_DIR / "scripts" / "bench.py"
 TINY = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--seq-len", "32",
@@ -74,10 +76,7 @@ def test_contention_warning_suggests_one_thread_only_when_not_given() -> None:
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script_named("bench")
 
 
 def test_preset_takes_the_composed_shape_and_flags_override_it() -> None:

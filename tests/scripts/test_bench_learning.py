@@ -4,7 +4,6 @@ No timing limits."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -22,18 +21,14 @@ from zer02llm.model import Transformer, document_ids
 from zer02llm.resources import sample_data_path
 from zer02llm.tokenizer import Tokenizer
 
+from conftest import load_script as load_script_named
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_DIR / "scripts" / "bench_learning.py"
 
 
 def load_script():
-    """The script as a module (registered first: its dataclasses look their module up while being made)."""
-    if "bench_learning" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_learning", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_learning"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_learning"]
+    return load_script_named("bench_learning")
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ prints both tables and writes the JSON, a bad override is one clear line and exi
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,18 +15,13 @@ from zer02llm.config import ModelConfig
 from zer02llm.model import Transformer
 from zer02llm.training.rollout import rollout
 
-from conftest import randomize
+from conftest import randomize, load_script as load_script_named
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_rollout.py"
 
 
 def load_script():
-    if "bench_rollout" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_rollout", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_rollout"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_rollout"]
+    return load_script_named("bench_rollout")
 
 
 @torch.no_grad()

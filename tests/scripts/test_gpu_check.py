@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script as load_script_named
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None  # not in the README's install (.[dev])
@@ -23,10 +25,7 @@ GPU_TESTS = {"test_bf16_training_steps_agree_with_float32", "test_float16_grad_s
 
 
 def report_module():
-    spec = importlib.util.spec_from_file_location("gpu_report", REPO / "scripts" / "gpu_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script_named("gpu_report")
 
 
 def run_check(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
