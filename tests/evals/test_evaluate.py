@@ -40,7 +40,9 @@ def test_evaluate_prints_the_table_and_writes_what_the_library_computes(checkpoi
     (expected,) = run_tasks(ModelScorer(model), Tokenizer.load(), load_all([str(task)]))
     got = written["tasks"]["colours"]
     assert got["metrics"] == pytest.approx(expected.metrics)
-    assert [e["logprobs"] for e in got["examples"]] == [e["logprobs"] for e in expected.examples]
+    # to float32 rounding: the subprocess and this process may split the matmuls over different thread counts
+    for mine, theirs in zip(got["examples"], expected.examples, strict=True):
+        assert mine["logprobs"] == pytest.approx(theirs["logprobs"], rel=1e-6, abs=1e-6)
     assert written["core"] == pytest.approx(expected.centered)
 
 
