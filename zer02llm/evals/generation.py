@@ -70,8 +70,7 @@ def greedy_batched(model: Transformer, prompts: Sequence[list[int]], max_new_tok
     for i, prompt in enumerate(prompts):
         on_delta = (lambda delta, i=i: told_to_stop(i, delta)) if stop is not None else None
         seqs.append(engine.add_request(list(prompt), params, on_delta=on_delta, force=True))
-    while engine.has_work():
-        engine.step()
+    engine.run_until_done()
     for i, seq in enumerate(seqs):
         if seq.finish_reason == "error":
             raise RuntimeError(f"generating for prompt {i} failed: {seq.error}") from seq.error
