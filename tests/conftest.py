@@ -176,3 +176,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A short TINY run with checkpoints at steps 5 and 10 (one per test module: tests may add to it)."""
+    work = tmp_path_factory.mktemp("finished")
+    run_module("zer02llm.train", [*TINY, "train.max_steps=10", "train.save_interval=5", "hydra.run.dir=run"],
+               cwd=work)
+    return work / "run"

@@ -185,15 +185,6 @@ def test_first_ctrl_c_is_recorded_and_the_second_interrupts():
 LONG = [*TINY, "train.max_steps=200", "train.save_interval=1000"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A short run with checkpoints at steps 5 and 10."""
-    work = tmp_path_factory.mktemp("finished")
-    run_module("zer02llm.train", [*TINY, "train.max_steps=10", "train.save_interval=5", "hydra.run.dir=run"],
-               cwd=work)
-    return work / "run"
-
-
 def copy_run(run_dir: Path, to: Path) -> Path:
     shutil.copytree(run_dir, to, symlinks=True)  # `last` stays a relative link
     return to

@@ -119,14 +119,6 @@ def test_the_run_log_holds_records_until_accepted_and_drops_them_when_refused(tm
 
 # --- the training command -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("finished")
-    run_module("zer02llm.train", [*TINY, "train.max_steps=10", "train.save_interval=5", "hydra.run.dir=run"],
-               cwd=work)
-    return work / "run"
-
-
 @pytest.mark.slow
 def test_a_refused_fresh_start_leaves_the_directory_byte_identical_and_overwrite_moves_it_aside(finished_run,
                                                                                               tmp_path):
