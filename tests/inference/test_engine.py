@@ -180,7 +180,12 @@ def test_a_request_that_fills_the_whole_cache_runs_alone(dense):
     waited for that block forever)."""
     prompts = prompts_of([9, 5])
     llm = LLM.from_model(dense, max_batch=2, block_size=16, kv_budget_tokens=16, prefill_chunk=64)
-    outs = llm.generate(prompts, max_tokens=7, temperature=0)  # 9 + 7 = 16 tokens: the one block
+    outs = []  # in a thread, so that the old hang fails the test instead of stopping the suite
+    worker = threading.Thread(target=lambda: outs.extend(llm.generate(prompts, max_tokens=7, temperature=0)),
+                              daemon=True)  # 9 + 7 = 16 tokens: the one block
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the engine never admitted a request that fills its whole cache"
     assert [o.outputs[0].token_ids for o in outs] == [solo(dense, p, 7) for p in prompts]
     assert llm.engine.blocks.check_all_free() == []
 
