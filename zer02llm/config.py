@@ -338,8 +338,11 @@ class RewardConfig:
     exact: float = 0.0  # the completion, stripped, equals the answer
     regex: float = 0.0  # reward.pattern is found in the completion ({answer}: the answer, escaped)
     pattern: Optional[str] = None
-    # shape terms: format gives 1 when reward.format_pattern is found in the completion; length gives
+    # shape terms: closeness gives max(0, 1 - |error| / closeness_scale) of the number numeric_rule reads
+    # (partial credit for a near answer); format gives 1 when reward.format_pattern is found; length gives
     # -min(1, (characters - length_target) / length_target) past length_target characters, else 0
+    closeness: float = 0.0
+    closeness_scale: float = 10.0
     format: float = 0.0
     format_pattern: Optional[str] = None
     length: float = 0.0
@@ -687,7 +690,7 @@ def reward_problems(reward: RewardConfig) -> list[str]:
 
     problems = []
     weights = {"reward.numeric": reward.numeric, "reward.exact": reward.exact, "reward.regex": reward.regex,
-               "reward.format": reward.format, "reward.length": reward.length,
+               "reward.closeness": reward.closeness, "reward.format": reward.format, "reward.length": reward.length,
                "reward.function.weight": reward.function.weight}
     for key, weight in weights.items():
         if not math.isfinite(weight):
@@ -714,6 +717,9 @@ def reward_problems(reward: RewardConfig) -> list[str]:
             re.compile(pattern.replace("{answer}", "0"))
         except re.error as e:
             problems.append(f"{key}={pattern!r} is not a regular expression ({e})")
+    if reward.closeness and not reward.closeness_scale > 0:
+        problems.append(f"reward.closeness_scale={reward.closeness_scale}: must be > 0 (the error at which the credit "
+                        f"reaches 0) when reward.closeness={reward.closeness}")
     if reward.length and reward.length_target <= 0:
         problems.append(f"reward.length_target={reward.length_target}: must be > 0 (characters) when "
                         f"reward.length={reward.length}")

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from zer02llm.config import ConfigError, FunctionReward, RewardConfig, reward_problems
-from zer02llm.training.rewards import (Rewards, exact_match, extract_number, format_match, length_penalty,
-                                       numeric_match, regex_match)
+from zer02llm.training.rewards import (Rewards, closeness, exact_match, extract_number, format_match,
+                                       length_penalty, numeric_match, regex_match)
 
 
 @pytest.mark.parametrize("text,rule,expected", [
@@ -55,6 +55,22 @@ def test_exact_regex_format_and_length_terms():
     assert length_penalty("x" * 10, 10) == 0.0
     assert length_penalty("x" * 15, 10) == -0.5
     assert length_penalty("x" * 100, 10) == -1.0
+
+
+def test_closeness_gives_partial_credit_falling_to_zero_at_the_scale():
+    assert closeness("7 plus 5 is 12.", "12") == 1.0
+    assert closeness("7 plus 5 is 9.", "12") == pytest.approx(0.7)  # 3 away of 10
+    assert closeness("7 plus 5 is 15.", "12", scale=6.0) == pytest.approx(0.5)  # above or below alike
+    assert closeness("7 plus 5 is 22.", "12") == 0.0 and closeness("it is 40", "12") == 0.0  # never negative
+    assert closeness("-3", "3") == 0.4  # signs are read
+    assert closeness("no number", "12") == 0.0 and closeness("12", "no number") == 0.0
+    assert closeness("so 11\n#### 13", "#### 12", rule="gsm8k") == 0.9  # the numeric rule's number
+    assert closeness("so 11\n#### 13", "#### 12", rule="last") == 0.9 and closeness("#### 13 then 2", "12", "last") == 0.0
+    # a shape term: it adds to the reward, but accuracy still counts the answer terms alone
+    rewards = Rewards(RewardConfig(numeric=1.0, closeness=0.5))
+    near = rewards.score("7 plus 5 is 10.", "12", "What is 7 plus 5?")
+    assert near.reward == pytest.approx(0.4) and not near.correct
+    assert rewards.score("12", "12", "q").reward == pytest.approx(1.5)
 
 
 def test_weighted_sum_and_accuracy():
@@ -113,8 +129,9 @@ def test_bad_reward_settings_are_refused_each_with_its_key():
     assert "every reward weight is 0" in problems
     problems = "\n".join(reward_problems(RewardConfig(numeric_rule="first", regex=1.0, pattern="(",
                                                       format=1.0, length=1.0, length_target=0,
+                                                      closeness=1.0, closeness_scale=0.0,
                                                       function=FunctionReward("score"))))
-    for expected in ("reward.numeric_rule='first'", "reward.pattern='(' is not a regular expression",
+    for expected in ("reward.numeric_rule='first'", "reward.closeness_scale=0.0: must be > 0", "reward.pattern='(' is not a regular expression",
                      "reward.format_pattern is empty", "reward.length_target=0", "reward.function._target_='score'"):
         assert expected in problems
     assert reward_problems(RewardConfig()) == []

@@ -8,6 +8,9 @@ terms with a non-zero weight (RewardConfig in zer02llm/config.py):
   else last. The reference answer is read by "auto" too, so a GSM8K solution ("... #### 72") works as
   the answer as it stands. Numbers may carry a sign, thousands commas ("1,000") and decimals; they are
   compared as numbers (12 equals 12.0).
+- closeness: partial credit for a near number, max(0, 1 - |error| / closeness_scale) of the number the
+  numeric rule reads: 1 when right, 0 from closeness_scale away. A shape term, not an answer term: a
+  model that cannot yet compute an answer can still learn its size.
 - exact: 1 when the completion, stripped, equals the answer, stripped.
 - regex: 1 when reward.pattern is found in the completion; "{answer}" in it stands for the answer, escaped.
 - format: 1 when reward.format_pattern is found in the completion.
@@ -64,6 +67,15 @@ def numeric_match(completion: str, answer: str, rule: str = "auto") -> float:
     if expected is None or got is None:
         return 0.0
     return 1.0 if math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9) else 0.0
+
+
+def closeness(completion: str, answer: str, rule: str = "auto", scale: float = 10.0) -> float:
+    """max(0, 1 - |got - expected| / scale); 0 when either number is missing."""
+    expected = extract_number(answer, "auto")
+    got = extract_number(completion, rule)
+    if expected is None or got is None:
+        return 0.0
+    return max(0.0, 1.0 - abs(got - expected) / scale)
 
 
 def exact_match(completion: str, answer: str) -> float:
@@ -135,6 +147,7 @@ def build_terms(cfg: RewardConfig) -> list[Term]:
     """The terms of `cfg` with a non-zero weight."""
     terms = [
         Term("numeric", cfg.numeric, lambda c, a, p: numeric_match(c, a, cfg.numeric_rule), True),
+        Term("closeness", cfg.closeness, lambda c, a, p: closeness(c, a, cfg.numeric_rule, cfg.closeness_scale), False),
         Term("exact", cfg.exact, lambda c, a, p: exact_match(c, a), True),
         Term("regex", cfg.regex, lambda c, a, p: regex_match(c, a, cfg.pattern or ""), True),
         Term("format", cfg.format, lambda c, a, p: format_match(c, cfg.format_pattern or ""), False),
@@ -177,5 +190,5 @@ class Rewards:
         return Scored(total, correct if any_answer_term else total > 0, errors)
 
 
-__all__ = ["Rewards", "Scored", "build_terms", "exact_match", "extract_number", "format_match", "import_function",
-           "length_penalty", "numeric_match", "prompt_numbers", "regex_match"]
+__all__ = ["Rewards", "Scored", "build_terms", "closeness", "exact_match", "extract_number", "format_match",
+           "import_function", "length_penalty", "numeric_match", "prompt_numbers", "regex_match"]
