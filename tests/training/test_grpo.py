@@ -159,12 +159,16 @@ def test_validation_greedy_pass_at_1_and_pass_at_k(tokenizer, tmp_path):
     cfg = toy_config(tmp_path, eval_samples=3)
     model = toy_model()
     objective, train = prepared(cfg, tokenizer, model)
-    objective.rewards.terms = [Term("first", 1.0, lambda c, a, p: float(c[:1] in "abcdefghijklm"), True)]
+    # an answer term (accuracy, pass@k) and a graded shape term, so that rewards are not just right or wrong
+    objective.rewards.terms = [Term("first", 1.0, lambda c, a, p: float(c[:1] in "abcdefghijklm"), True),
+                               Term("length", 0.1, length_reward, False)]
     values = objective.evaluate(model, train, torch.device("cpu"), 0, 1, NO_AUTOCAST)
     # by hand, from the same completions
     greedy, rewards, correct, _ = objective.complete(model, train, [0, 1, 2], 1, 0.0, ("eval",), NO_AUTOCAST)
-    _, _, sampled, _ = objective.complete(model, train, [0, 1, 2], 3, cfg.mode.temperature,
-                                          (cfg.train.seed, "eval"), NO_AUTOCAST)
+    _, sampled_rewards, sampled, _ = objective.complete(model, train, [0, 1, 2], 3, cfg.mode.temperature,
+                                                        (cfg.train.seed, "eval"), NO_AUTOCAST)
+    assert not torch.equal(sampled_rewards, sampled.to(sampled_rewards.dtype))  # the two figures can differ
+    assert values["val_sampled_reward"] == pytest.approx(sampled_rewards.mean().item())
     assert values["val_accuracy"] == pytest.approx(correct.float().mean().item())
     assert values["val_reward"] == pytest.approx(rewards.mean().item()) == pytest.approx(-values["val_loss"])
     assert values["val_pass@1"] == pytest.approx(sampled.float().mean().item())
@@ -228,8 +232,9 @@ def test_grpo_run_logs_its_figures_and_validates(runs):
     # the second update of each rollout batch sees the same rollout figures and a ratio away from 1
     assert [r["reward"] for r in train[::2]] == [r["reward"] for r in train[1::2]]
     assert all(r["kl"] == 0 for r in train[:1]) and any(r["kl"] > 0 for r in train[1:])
-    (val,) = [r for r in rows if "val_loss" in r]
-    assert val["step"] == 6 and {"val_reward", "val_accuracy", "val_pass@1", "val_pass@2"} <= set(val)
+    start, val = [r for r in rows if "val_loss" in r]  # the starting weights' figures, then the last step's
+    assert start["step"] == 0 and "loss" not in start and val["step"] == 6
+    assert {"val_reward", "val_accuracy", "val_pass@1", "val_pass@2", "val_sampled_reward"} <= set(val)
     summary = json.loads((runs["grpo"] / "summary.json").read_text())
     assert summary["mode"] == "grpo" and summary["final_val_loss"] == -val["val_reward"]
 

@@ -21,7 +21,8 @@ group tells apart), accuracy (answer terms all right), response_length (tokens, 
 reward_errors, rollout_seconds (making the rollout batch: sampling, scoring, the log-probs; a rank's
 mean) and rollout_tokens_per_s (completion tokens sampled per second of that, per rank); per token, clip_fraction, entropy and kl (beta > 0). Validation on held-out prompts:
 val_reward and val_accuracy of greedy completions (pass@1), val_pass@1 and val_pass@k of
-mode.eval_samples sampled ones (the share of prompts with one right of k), val_response_length, and
+mode.eval_samples sampled ones (the share of prompts with one right of k), val_sampled_reward (their
+mean reward: the held-out value of what GRPO maximises, steadier than greedy's), val_response_length, and
 val_loss = -val_reward, what a sweep minimises.
 """
 
@@ -57,6 +58,7 @@ class GRPO(Objective):
 
     fine_tunes = True
     sample_name = "prompt"
+    validates_at_start = True
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, device: torch.device):
         super().__init__(cfg, tokenizer)
@@ -206,7 +208,8 @@ class GRPO(Objective):
             count = min(count, self.cfg.train.eval_batches * self.cfg.train.batch_size)
         mine = list(range(rank, count, world_size))
         k = self.mode.eval_samples
-        sums = torch.zeros(6, dtype=torch.float64)  # greedy reward, greedy correct, length, k-correct, any, prompts
+        # greedy reward, greedy correct, length, k-correct, any of k correct, prompts, k-sample reward
+        sums = torch.zeros(7, dtype=torch.float64)
         for start in range(0, len(mine), self.cfg.train.batch_size):
             indices = mine[start:start + self.cfg.train.batch_size]
             greedy, rewards, correct, _ = self.complete(model, dataset, indices, 1, 0.0, ("eval",), autocast)
@@ -215,16 +218,18 @@ class GRPO(Objective):
             sums[2] += sum(len(c) for c in greedy)
             sums[5] += len(indices)
             if k > 0:
-                _, _, sampled, _ = self.complete(model, dataset, indices, k, self.mode.temperature,
-                                                 (self.cfg.train.seed, "eval"), autocast)
+                _, sampled_rewards, sampled, _ = self.complete(model, dataset, indices, k, self.mode.temperature,
+                                                               (self.cfg.train.seed, "eval"), autocast)
                 sums[3] += sampled.float().mean(dim=1).sum().item()
+                sums[6] += sampled_rewards.mean(dim=1).sum().item()
                 sums[4] += sampled.any(dim=1).sum().item()
         sums = distributed.all_reduce_sum(sums.to(device)).cpu()
         n = max(sums[5].item(), 1.0)
         values = {"val_loss": -sums[0].item() / n, "val_reward": sums[0].item() / n,
                   "val_accuracy": sums[1].item() / n, "val_response_length": sums[2].item() / n}
         if k > 0:
-            values.update({"val_pass@1": sums[3].item() / n, f"val_pass@{k}": sums[4].item() / n})
+            values.update({"val_pass@1": sums[3].item() / n, f"val_pass@{k}": sums[4].item() / n,
+                           "val_sampled_reward": sums[6].item() / n})
         return values
 
 

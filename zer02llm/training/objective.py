@@ -51,6 +51,9 @@ class Objective:
     # what the run starts from matters: warn when a fine-tuning mode starts from random weights
     fine_tunes = False
     sample_name = "sequence"  # what one index of the dataset is, for the log
+    # validate the starting weights as well (a step-0 row) when a run starts, so that its log and metrics show the
+    # held-out figures before and after: what RL on top of SFT is judged by
+    validates_at_start = False
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer

@@ -425,6 +425,10 @@ class Trainer:
         stop = StopSignals()
         with logging_redirect_tqdm():
             try:
+                if self.step == 0 and self.objective.validates_at_start and self.val_sets:
+                    values = self.evaluate()
+                    steps.eval_done(0, values)
+                    steps.write({"step": 0, **values})
                 while self.step < self.total_steps:
                     if self.stop_requested(stop):
                         cadence.save_new(self.step)
