@@ -104,6 +104,17 @@ def _nothing_written_to_home():
                     f"tests/conftest.py ISOLATED_ENV or write under tmp_path", pytrace=False)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n 2`, each module's tests go to one process (xdist's loadscope), not test by test: a module-scoped
+    run (a trained model, a GRPO run) is then made once, not once in each process handed one of its tests."""
+    if config.getvalue("dist") == "load":  # -n alone; an explicit other --dist is left as asked
+        from xdist.scheduler import LoadScopeScheduling
+
+        return LoadScopeScheduling(config, log)
+    return None
+
+
 def compose(overrides: Iterable[str] = (), config_name: str = "config"):
     """The composed DictConfig, as `python -m zer02llm.train <overrides>` would see it."""
     from hydra import compose as hydra_compose, initialize_config_dir
