@@ -81,6 +81,8 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
 
 
 MODES = ("pretrain", "sft", "dpo", "grpo")
+# the modes whose models answer in chat: prompted through the chat template (eval, evaluate, report samples)
+CHAT_MODES = ("sft", "dpo", "grpo")
 DPO_LOSSES = ("sigmoid", "ipo")  # built by zer02llm/training/dpo.py
 # what GRPO's summed token losses are divided by (zer02llm/training/grpo_loss.py): "token", the step's
 # completion tokens (DAPO); "sequence", each completion's own length, then the completions (the GRPO paper);
@@ -407,7 +409,7 @@ class EvalConfig(SamplingOptions):
     """`python -m zer02llm.eval`: talk to a model, interactively or over a list of prompts."""
 
     # true: chat with the template (SFT models); false: plain continuation (pretrained models);
-    # null: chat when the checkpoint was trained with mode=sft or mode=dpo
+    # null: chat when the checkpoint was trained with mode=sft, dpo or grpo (CHAT_MODES)
     chat: Optional[bool] = None
     system_prompt: Optional[str] = None
     # earlier exchanges kept in the conversation (0: every prompt starts afresh)
@@ -433,7 +435,7 @@ class EvaluateConfig:
     limit: Optional[int] = None
     # which few-shot examples each item gets
     seed: int = 1234
-    # generative tasks of format auto: true asks through the chat template; null: chat for SFT and DPO checkpoints
+    # generative tasks of format auto: true asks through the chat template; null: chat for SFT, DPO and GRPO checkpoints
     chat: Optional[bool] = None
     # a LoRA adapter directory merged into the checkpoint's weights
     adapter: Optional[str] = None
@@ -875,7 +877,7 @@ def config_problems(cfg: Config) -> list[str]:
     problems += device_problems(cfg.hardware)
     if data.packing not in PACKINGS:
         problems.append(f"data.packing={data.packing!r}: must be one of {', '.join(PACKINGS)}")
-    if cfg.mode.name in ("sft", "dpo", "grpo"):
+    if cfg.mode.name in CHAT_MODES:
         for key, value, default in (("data.packing", data.packing, "concat"),
                                     ("data.document_mask", data.document_mask, False)):
             if value != default:

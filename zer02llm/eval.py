@@ -18,7 +18,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides, run_reporting_errors
-from zer02llm.config import ConfigError, EvalConfig, register_configs
+from zer02llm.config import CHAT_MODES, ConfigError, EvalConfig, register_configs
 
 register_configs()
 PROMPT = ">>> "
@@ -45,7 +45,7 @@ class Session:
         self.loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, cfg.compile,
                                          cfg.threads)
         # the adapter's mode when adapter= gives one that records it (an SFT adapter on a pretrained base chats)
-        self.chat = cfg.chat if cfg.chat is not None else self.loaded.mode in ("sft", "dpo")
+        self.chat = cfg.chat if cfg.chat is not None else self.loaded.mode in CHAT_MODES
         max_seq_len = self.loaded.model.cfg.max_seq_len
         # the model never saw positions past the length it was trained on, however large max_seq_len is
         self.context_len = trained_context(self.loaded)

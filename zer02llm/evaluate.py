@@ -17,7 +17,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from zer02llm.cli import quote_text_overrides, run_reporting_errors
-from zer02llm.config import ConfigError, EvaluateConfig, evaluate_problems, register_configs
+from zer02llm.config import CHAT_MODES, ConfigError, EvaluateConfig, evaluate_problems, register_configs
 
 register_configs()
 TEXT_KEYS = ("checkpoint", "adapter", "tokenizer_path", "output", "tasks", "compare")
@@ -40,7 +40,7 @@ def run(cfg: EvaluateConfig) -> Optional[dict[str, Any]]:
 
     tasks = load_all(list(cfg.tasks))  # before the model: a bad task file fails at once
     loaded = load_for_inference(cfg.checkpoint, cfg.device, cfg.adapter, cfg.tokenizer_path, False, cfg.threads)
-    chat = cfg.chat if cfg.chat is not None else loaded.mode in ("sft", "dpo")
+    chat = cfg.chat if cfg.chat is not None else loaded.mode in CHAT_MODES
     # the model never saw positions past the length it was trained on
     max_len = min(loaded.trained_seq_len or loaded.model.cfg.max_seq_len, loaded.model.cfg.max_seq_len)
     results = run_tasks(make_scorer(loaded.model, max_len), loaded.tokenizer, tasks, cfg.seed, chat, cfg.limit,

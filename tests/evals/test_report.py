@@ -51,3 +51,31 @@ def test_the_peak_table_finds_the_first_key_in_a_devices_name():
     assert hardware.peak_tflops("NVIDIA H100 PCIe") == ("H100 PCIe", 756.0)  # not the SXM part's 989
     assert hardware.peak_tflops("NVIDIA H100 80GB HBM3") == ("H100", 989.0)
     assert hardware.peak_tflops(None) is None and hardware.peak_tflops("cpu") is None
+
+
+def test_a_grpo_card_shows_held_out_figures_before_and_after_and_no_perplexity(tmp_path):
+    run = run_dir(tmp_path, {"device": "cpu"})
+    (run / "summary.json").write_text(json.dumps({**SUMMARY, "mode": "grpo", "final_loss": 0.02,
+                                                  "final_val_loss": -0.395}), encoding="utf-8")
+    rows = [{"step": 0, "val_loss": -0.34, "val_reward": 0.34, "val_sampled_reward": 0.26},
+            {"step": 10, "loss": 0.1, "reward": 0.3},
+            {"step": 100, "loss": 0.02, "reward": 0.39, "val_loss": -0.395, "val_reward": 0.395,
+             "val_sampled_reward": 0.363}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 110, "val_lo',
+                                       encoding="utf-8")  # a run killed mid-write: the torn line is skipped
+    report = write_report(run).read_text(encoding="utf-8")
+    assert "perplexity" not in report  # e^(-reward) means nothing
+    assert "| final train loss | final validation loss |\n| --- | --- |\n| 0.0200 | -0.3950 |" in report
+    assert "| figure | step 0 (the starting weights) | step 100 |" in report
+    assert "| val_sampled_reward | 0.2600 | 0.3630 |" in report and "| val_reward | 0.3400 | 0.3950 |" in report
+    assert "| reward |" not in report  # training rows are not validation
+
+
+def test_a_pretraining_card_keeps_perplexity_and_shows_its_first_and_last_validation(tmp_path):
+    run = run_dir(tmp_path, {"device": "cpu"})
+    (run / "summary.json").write_text(json.dumps({**SUMMARY, "final_val_loss": 1.0}), encoding="utf-8")
+    rows = [{"step": 100, "val_loss": 2.0, "val_ppl": 7.389}, {"step": 400, "val_loss": 1.0, "val_ppl": 2.718}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    report = write_report(run).read_text(encoding="utf-8")
+    assert "| perplexity |" in report and "| 2.7183 |" in report  # e^1.0
+    assert "| figure | step 100 | step 400 |" in report and "| val_loss | 2.0000 | 1.0000 |" in report

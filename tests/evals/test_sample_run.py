@@ -114,3 +114,6 @@ def test_the_walkthroughs_grpo_raises_the_held_out_reward_on_the_sums(default_ru
     print(f"held-out figures after SFT: {before}\nafter GRPO: {after}")
     assert before["step"] == 0 and after["step"] == 100
     assert after["val_sampled_reward"] > before["val_sampled_reward"] + HELD_OUT_RISE, (before, after)
+    report = (tmp_path / "outputs" / "grpo" / "report.md").read_text(encoding="utf-8")
+    assert "| figure | step 0 (the starting weights) | step 100 |" in report  # the card shows before and after
+    assert "- **What is 3 plus 4?** →" in report  # a GRPO model is asked in chat, like the SFT model it came from

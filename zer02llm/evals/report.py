@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from zer02llm.config import Config
+from zer02llm.config import CHAT_MODES, Config
 from zer02llm.resources import REPO_DIR
 
 REPORT = "report.md"
@@ -110,6 +110,22 @@ def parent_run(run_dir: Path, config: dict) -> Optional[Path]:
     return path.resolve()
 
 
+def validation_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics rows that hold validation figures (`val_*`, `<source>/val_*`), in order, reduced to those
+    figures and the step; a half-written line (a run still going, or killed) is skipped."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in (path.read_text(encoding="utf-8").splitlines() if path.is_file() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        figures = {k: v for k, v in row.items() if k.startswith("val_") or "/val_" in k} if isinstance(row, dict) else {}
+        if figures:
+            rows.append({"step": row.get("step"), **figures})
+    return rows
+
+
 def summarize(run_dir: Path) -> dict[str, Any]:
     """What a report card shows, read from the run directory's files (missing ones leave gaps)."""
     config = read_yaml(run_dir / "config.yaml") or {}
@@ -124,7 +140,8 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     return {"run_dir": run_dir, "config": config, "summary": summary, "overrides": overrides,
             "environment": record.get("environment") or {}, "samples": record.get("samples") or [],
             "tasks": tasks, "core": evaluated.get("core"), "evaluated_checkpoint": evaluated.get("checkpoint"),
-            "trained_tasks": trained_tasks, "parent": parent_run(run_dir, config)}
+            "trained_tasks": trained_tasks, "parent": parent_run(run_dir, config),
+            "validation": validation_rows(run_dir)}
 
 
 def config_differences(config: dict) -> list[tuple[str, Any, Any]]:
@@ -216,9 +233,21 @@ def render(info: dict[str, Any]) -> str:
         lines += ["", f"MFU: {how}."]
     lines += ["", "## Results", ""]
     val_loss = summary.get("final_val_loss")
-    ppl = 2.718281828459045 ** val_loss if isinstance(val_loss, (int, float)) and val_loss < 50 else None
-    lines += table(["final train loss", "final validation loss", "perplexity", "bits per byte"],
-                   [[summary.get("final_loss"), val_loss, ppl, summary.get("final_val_bpb")]])
+    if mode in ("pretrain", "sft"):  # a next-token loss: perplexity and bits per byte mean something
+        ppl = 2.718281828459045 ** val_loss if isinstance(val_loss, (int, float)) and val_loss < 50 else None
+        lines += table(["final train loss", "final validation loss", "perplexity", "bits per byte"],
+                       [[summary.get("final_loss"), val_loss, ppl, summary.get("final_val_bpb")]])
+    else:  # DPO's preference loss, GRPO's -reward: no perplexity
+        lines += table(["final train loss", "final validation loss"], [[summary.get("final_loss"), val_loss]])
+    validation = info["validation"]
+    if validation:
+        first, last = validation[0], validation[-1]
+        shown = [first, last] if len(validation) > 1 else [last]
+        names = [k for k in last if k != "step"] + [k for k in first if k != "step" and k not in last]
+        start = " (the starting weights)" if first["step"] == 0 else ""
+        lines += ["", "Validation, first and last:" if len(shown) > 1 else "Validation:", ""]
+        lines += table(["figure", *(f"step {r['step']}{start if r is first else ''}" for r in shown)],
+                       [[name, *(r.get(name) for r in shown)] for name in names])
     lines += ["", "## Task scores", ""]
     if info["tasks"]:
         lines.append(f"`python -m zer02llm.evaluate` on `{info['evaluated_checkpoint']}`:")
@@ -248,7 +277,7 @@ def write_report(run_dir: Path, model: Any = None, tokenizer: Any = None, device
     run_dir = Path(run_dir)
     if device is not None:
         config = read_yaml(run_dir / "config.yaml") or {}
-        chat = (config.get("mode") or {}).get("name") in ("sft", "dpo")
+        chat = (config.get("mode") or {}).get("name") in CHAT_MODES
         record = {"environment": environment(device, dtype, devices),
                   "samples": sample_generations(model, tokenizer, chat) if model is not None else []}
         (run_dir / RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

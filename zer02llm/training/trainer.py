@@ -25,7 +25,7 @@ from zer02llm import checkpoint as ckpt
 from zer02llm.training import distributed, rundir
 from zer02llm.interop import transformers as interop
 from zer02llm.training.budget import plan_budget
-from zer02llm.config import Config, ConfigError, metric_direction
+from zer02llm.config import CHAT_MODES, Config, ConfigError, metric_direction
 from zer02llm.hardware import resolve_device, set_threads
 from zer02llm.data.sampler import BatchSampler
 from zer02llm.evals.tasks import load_all as load_tasks
@@ -247,7 +247,7 @@ class Trainer:
         if self.eval_tasks:  # every rank scores them (a sharded model's forward needs them all): same figures
             from zer02llm.evals.runner import task_scores
 
-            chat = self.cfg.mode.name in ("sft", "dpo")
+            chat = self.cfg.mode.name in CHAT_MODES
             with self.autocast():
                 values.update(task_scores(self.model, self.tokenizer, self.eval_tasks, chat,
                                           self.cfg.train.eval_tasks_limit))
