@@ -330,17 +330,17 @@ def test_two_ddp_ranks_take_the_steps_of_one_process_with_muon(tmp_path):
 @pytest.mark.slow
 def test_the_default_pretraining_run_beats_adamw_at_the_cpu_preset(tmp_path):
     """`python -m zer02llm.train` as shipped (mode=pretrain: Muon, per-group lrs) against the same run with
-    optim=adamw at the preset's train.lr: 400 steps of the cpu preset on the shipped sample corpus, validated on
-    its whole validation file. Measured here: 0.721 against 1.285 (val loss 2.13 against 3.57 at step 100):
-    Muon is ahead all along; 0.3 leaves room for another machine's rounding."""
+    optim=adamw at the preset's train.lr: the cpu preset on the shipped sample corpus, validated on its whole
+    validation file, cut to 100 steps (the 400-step pair cost 5 minutes of CI). Measured here at 100 steps: 2.04
+    against 4.67 (at 400 steps: 0.721 against 1.285); 1.0 leaves room for another machine's rounding."""
     losses = {}
     for optim in ("muon", "adamw"):
-        args = ["train.eval_batches=-1", "train.save_interval=1000", f"hydra.run.dir={optim}"]
+        args = ["train.eval_batches=-1", "train.save_interval=1000", "train.max_steps=100", f"hydra.run.dir={optim}"]
         run_module("zer02llm.train", args + (["optim=adamw"] if optim == "adamw" else []), cwd=tmp_path, timeout=1200)
         losses[optim] = json.loads((tmp_path / optim / "summary.json").read_text())["final_val_loss"]
         config = OmegaConf.load(tmp_path / optim / "config.yaml")
-        assert config.optim.name == optim and config.train.max_steps == 400
-    assert losses["muon"] < losses["adamw"] - 0.3, losses
+        assert config.optim.name == optim and config.train.max_steps == 100
+    assert losses["muon"] < losses["adamw"] - 1.0, losses
 
 
 # --- the config ---------------------------------------------------------------------------------
